@@ -1,0 +1,1 @@
+"""The dyembed command-line interface (installed as `dyembed_cli`)."""

@@ -1,0 +1,53 @@
+"""The `dyembed` command: global flags, and one thin module per command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dyembed import __version__
+from dyembed_cli import common
+from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, preprocess_cmd, synth_cmd, train_cmd
+
+app = typer.Typer(
+    name="dyembed",
+    help="Dynamic user interest embeddings: preprocess logs, encode item texts with a language model, "
+    "replay events through per-user online updates, and evaluate Recall@K / NDCG@K.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dyembed {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or notes; errors only.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    log_format: Annotated[str, typer.Option("--log-format", help="Log lines on stderr as text or json.")] = "text",
+) -> None:
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    common.GLOBALS.quiet = quiet
+    common.GLOBALS.debug = debug
+    common.GLOBALS.log_format = log_format
+
+
+for module in (synth_cmd, preprocess_cmd, encode_cmd, train_cmd, evaluate_cmd, demo_cmd):
+    module.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""What every command shares: global flags, config resolution, error → exit code, progress bars."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from dyembed.config import Config, load_config
+from dyembed.errors import EXIT_UNEXPECTED, DyembedError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Globals:
+    quiet: bool = False
+    debug: bool = False
+    log_format: str = "text"
+
+
+GLOBALS = Globals()
+# tables go to stdout, messages and progress to stderr (so `--json -` stays clean for scripts)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file (defaults < file < flags < --set).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any key: --set model.dim=32 (repeatable).")]
+
+
+class _JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        return json.dumps({"level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()})
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if GLOBALS.log_format == "json":
+        handler.setFormatter(_JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("dyembed")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if GLOBALS.debug else logging.WARNING if GLOBALS.quiet else logging.INFO)
+    root.propagate = False
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    err.print(f"error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def guarded(fn: F) -> F:
+    """Turn DyembedError into `error: …` + its exit code; anything else into exit 1 (traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except DyembedError as exc:
+            if GLOBALS.debug:
+                raise
+            raise fail(str(exc), exc.exit_code) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence of a CLI
+            if GLOBALS.debug:
+                raise
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise fail(f"unexpected {text} (rerun with --debug for the traceback)", EXIT_UNEXPECTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def resolve_config(
+    config: Path | None,
+    sets: list[str] | None,
+    flags: dict[str, Any] | None = None,
+    workdir: Path | None = None,
+) -> Config:
+    """Defaults < config file (or the work dir's saved config.toml when none is given) < flags < --set."""
+    path = config
+    if path is None and workdir is not None and (Path(workdir) / "config.toml").is_file():
+        path = Path(workdir) / "config.toml"
+    return load_config(path, overrides=sets, flags=flags)
+
+
+def show_progress() -> bool:
+    """Bars only for a human: not with --quiet, not when stderr is a pipe or file."""
+    return not GLOBALS.quiet and sys.stderr.isatty()
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "it"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not show_progress(), file=sys.stderr, dynamic_ncols=True)
+
+
+def note(message: str) -> None:
+    """A one-line message for the human at the terminal (silenced by --quiet)."""
+    if not GLOBALS.quiet:
+        err.print(message, markup=False)

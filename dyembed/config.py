@@ -1,0 +1,319 @@
+"""Typed configuration with one precedence rule: defaults < TOML file < CLI flags / `--set`.
+
+Every section is a dataclass; the field annotations are the schema. Unknown keys, wrong types and
+values outside a field's `choices` raise `ConfigError` naming the key. The resolved config is
+saved (as TOML) next to every output, so a run can be repeated with `--config that-file`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dyembed.errors import ConfigError
+
+
+def _choice(default: Any, choices: list[Any], doc: str = "") -> Any:
+    return field(default=default, metadata={"choices": choices, "doc": doc})
+
+
+@dataclass
+class SynthConfig:
+    """The synthetic drifting-interest world (`dyembed synth`, `dyembed demo`)."""
+
+    users: int = 600
+    items: int = 800
+    events: int = 40_000
+    topics: int = 12
+    seed: int = 0
+    # piecewise: a user's main topic jumps at random times; gradual: interest slides between
+    # two topics; mixed: half the users each way.
+    drift: str = _choice("mixed", ["piecewise", "gradual", "mixed", "none"])
+    # expected number of interest changes per user over the whole time span
+    drift_rate: float = 3.0
+    # probability that an event follows the user's current interest (the rest is popularity noise)
+    focus: float = 0.85
+    popularity_exponent: float = 1.1
+    start_time: int = 1_600_000_000
+    span_days: float = 120.0
+    malformed_rows: int = 12
+
+
+@dataclass
+class DataConfig:
+    """Raw-log ingestion (`dyembed preprocess`)."""
+
+    format: str = _choice(
+        "generic",
+        ["generic", "synth", "movielens-100k", "movielens-1m", "movielens-latest", "amazon-2018", "mind", "recbole"],
+    )
+    events: str | None = None
+    items: str | None = None
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str = "timestamp"
+    rating_col: str | None = None
+    weight_col: str | None = None
+    event_col: str | None = None
+    item_id_col: str = "item_id"
+    text_template: str = "{title}. {description}"
+    # unix (seconds), unix_ms, auto (seconds or millis by magnitude), or a strftime pattern
+    time_format: str = "auto"
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+    min_rating: float | None = None
+    min_user_events: int = 1
+    min_item_events: int = 1
+    kcore: int = 0
+    require_text: bool = True
+    drop_duplicates: bool = True
+    language: str = "english"
+    chunk_rows: int = 1_000_000
+
+
+@dataclass
+class EncodeConfig:
+    """Item text features (`dyembed encode`)."""
+
+    # "hf:<hub id or local dir>" or "hashing"
+    encoder: str = "hf:sentence-transformers/all-MiniLM-L6-v2"
+    # fall back to the hashing encoder (with a one-line note) when the model cannot be loaded
+    fallback_to_hashing: bool = False
+    pooling: str = _choice("auto", ["auto", "mean", "cls"])
+    max_length: int = 128
+    batch_size: int = 64
+    normalize: bool = True
+    dtype: str = _choice("float32", ["float32", "float16"])
+    input_field: str = "text"
+    hashing_dim: int = 384
+    adapt_steps: int = 0
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The dynamic user model (see docs/ARCHITECTURE in the README)."""
+
+    dim: int = 64
+    rule: str = _choice("sgd", ["sgd", "adagrad", "adam"])
+    loss: str = _choice("full", ["full", "sampled"])
+    num_negatives: int = 1024
+    user_init: str = _choice("prior", ["prior", "zero", "random"])
+    item_residual: bool = True
+    item_bias: bool = True
+    temperature: float = 1.0
+    learn_temperature: bool = False
+    step_size: float = 0.05
+    per_dim_step: bool = False
+    l2_prior: float = 0.0
+    # time decay of the user vector toward the prior; 0 switches it off
+    decay_half_life_days: float = 0.0
+    clip_norm: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass
+class TrainConfig:
+    """Learning the global parameters θ by replay (`dyembed train`)."""
+
+    epochs: int = 10
+    lr: float = 0.01
+    batch_size: int = 256
+    # t-batches never reach further ahead than this many events
+    window: int = 4096
+    # meta: backpropagate through the users' own update steps, truncated every `truncation` steps
+    meta: bool = True
+    truncation: int = 25
+    patience: int = 3
+    validation: bool = True
+    seed: int = 0
+    tensorboard: str | None = None
+
+
+@dataclass
+class EvaluateConfig:
+    """Offline evaluation (`dyembed evaluate`)."""
+
+    protocol: str = _choice("temporal", ["loo", "temporal"])
+    test_fraction: float = 0.2
+    test_start: int | None = None
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+    mask_seen: str = _choice("auto", ["auto", "on", "off"])
+    baselines: list[str] = field(default_factory=lambda: ["pop", "static"])
+    bootstrap: int = 200
+    seed: int = 0
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = _choice("auto", ["auto", "cpu", "gpu"])
+    mixed_precision: bool = False
+    threads: int = 0
+
+
+@dataclass
+class Config:
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def _section_types(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against the field annotation; return it converted where that is lossless."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    raise ConfigError(f"config key '{key}' has an unsupported type")  # pragma: no cover
+
+
+def _set_key(cfg: Config, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"config key '{dotted}' ({source}) must look like section.key")
+    section_name, key = parts
+    if section_name not in SECTIONS:
+        raise ConfigError(
+            f"unknown config section '{section_name}' ({source}); sections: {', '.join(SECTIONS)}"
+        )
+    section = getattr(cfg, section_name)
+    hints = _section_types(type(section))
+    if key not in hints:
+        raise ConfigError(f"unknown config key '{dotted}' ({source})")
+    converted = _coerce(dotted, value, hints[key])
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(section)}[key]
+    if choices and converted not in choices:
+        raise ConfigError(f"config key '{dotted}' must be one of {', '.join(map(str, choices))}; got {converted!r}")
+    setattr(section, key, converted)
+
+
+def apply_mapping(cfg: Config, mapping: dict[str, Any], source: str) -> Config:
+    """Overlay a nested {section: {key: value}} mapping (as read from TOML) onto `cfg`."""
+    for section_name, values in mapping.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config entry '{section_name}' ({source}) must be a [section] table")
+        for key, value in values.items():
+            _set_key(cfg, f"{section_name}.{key}", value, source)
+    return cfg
+
+
+def parse_set_value(raw: str) -> Any:
+    """`--set k=v`: v is read as a TOML value (42, 1e-3, true, [10, 20], "x"); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def builtin_configs() -> dict[str, Path]:
+    """The configs shipped with dyembed (configs/*.toml), by name."""
+    from importlib import resources
+
+    folder = resources.files("dyembed_configs")
+    return {p.name.removesuffix(".toml"): Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the name of a built-in config (`demo`, `movielens-100k`, …)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    builtin = builtin_configs()
+    name = path.name.removesuffix(".toml")
+    if len(path.parts) == 1 and name in builtin:
+        return builtin[name]
+    raise ConfigError(f"config file not found: {path} (built-in configs: {', '.join(sorted(builtin))})")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Config:
+    """Resolve a config: defaults, then the TOML file, then explicit flags, then `--set` items."""
+    cfg = Config()
+    if path is not None:
+        path = resolve_config_path(path)
+        try:
+            mapping = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        apply_mapping(cfg, mapping, str(path))
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            _set_key(cfg, dotted, value, "command-line flag")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got '{item}'")
+        dotted, raw = item.split("=", 1)
+        _set_key(cfg, dotted.strip(), parse_set_value(raw.strip()), "--set")
+    return cfg
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(cfg: Config, sections: list[str] | None = None) -> str:
+    """The resolved config as TOML (None values are left out: absent means none)."""
+    lines: list[str] = []
+    for name, values in cfg.to_dict().items():
+        if sections and name not in sections:
+            continue
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)

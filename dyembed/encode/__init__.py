@@ -1,0 +1,1 @@
+"""Item text features: the hashing baseline encoder and pretrained language models (TF)."""

@@ -1,0 +1,67 @@
+"""Check the heavy dependencies once, at the import that needs them, with a message that says what to install.
+
+transformers' TensorFlow classes run on tf-keras (Keras 2) and were removed in transformers 5;
+TensorFlow ≥ 2.16 ships Keras 3 as `tf.keras`. A mismatch fails deep inside a model call with an
+obscure error, so it is caught here instead.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+
+from dyembed.errors import ConfigError
+
+_INSTALL_HINT = "install the supported versions with: pip install 'tensorflow>=2.16,<2.22' 'tf-keras>=2.16,<2.22' 'transformers>=4.45,<5'"
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_tensorflow_versions() -> str:
+    """Return TensorFlow's version, or raise ConfigError naming the problem."""
+    tf_version = _installed("tensorflow") or _installed("tensorflow-cpu")
+    if tf_version is None:
+        raise ConfigError(f"TensorFlow is not installed; {_INSTALL_HINT}")
+    if not (2, 16) <= _version_tuple(tf_version)[:2] < (3, 0):
+        raise ConfigError(f"TensorFlow {tf_version} is not supported (need 2.16 or newer 2.x); {_INSTALL_HINT}")
+    return tf_version
+
+
+def check_transformers_versions() -> str:
+    """transformers 4.45..4.x with a tf-keras that matches TensorFlow's minor version."""
+    tf_version = check_tensorflow_versions()
+    tr_version = _installed("transformers")
+    if tr_version is None:
+        raise ConfigError(f"transformers is not installed; {_INSTALL_HINT}")
+    if not (4, 45) <= _version_tuple(tr_version)[:2] < (5, 0):
+        raise ConfigError(
+            f"transformers {tr_version} is not supported (transformers 5 removed the TensorFlow classes; need >=4.45,<5); {_INSTALL_HINT}"
+        )
+    keras2 = _installed("tf-keras") or _installed("tf_keras")
+    if keras2 is None:
+        raise ConfigError(f"tf-keras is not installed (transformers' TensorFlow models need Keras 2); {_INSTALL_HINT}")
+    if _version_tuple(keras2)[:2] != _version_tuple(tf_version)[:2]:
+        raise ConfigError(f"tf-keras {keras2} does not match TensorFlow {tf_version} (their minor versions must agree); {_INSTALL_HINT}")
+    return tr_version
+
+
+def import_tensorflow():
+    """Import TensorFlow quietly after the version check; the one way dyembed imports it."""
+    check_tensorflow_versions()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf

@@ -1,0 +1,1 @@
+"""Offline evaluation: protocols, rank-based metrics, baselines."""

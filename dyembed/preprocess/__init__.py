@@ -1,0 +1,1 @@
+"""Raw logs and item texts → validated, time-ordered work-directory artefacts."""
