@@ -85,9 +85,9 @@ class World:
         n_changes = np.minimum(rng.poisson(cfg.drift_rate, n_users), max_changes)
         if cfg.drift == "none":
             n_changes[:] = 0
-        change_at = np.sort(rng.random((n_users, max_changes)), axis=1)
+        change_at = rng.random((n_users, max_changes))
         change_at[np.arange(max_changes)[None, :] >= n_changes[:, None]] = np.inf
-        self.change_at = change_at
+        self.change_at = np.sort(change_at, axis=1)  # uniform change points, unused ones at +inf
         anchors = np.empty((n_users, max_changes + 2), dtype=np.int64)
         anchors[:, 0] = rng.integers(0, n_topics, n_users)
         for j in range(1, max_changes + 2):  # each change moves to a different topic
@@ -130,13 +130,15 @@ def _item_texts(world: World, rng: np.random.Generator) -> list[dict[str, str]]:
     return rows
 
 
-def generate(cfg: SynthConfig, out_dir: str | Path, chunk: int = 200_000, progress: Callable[[int], None] | None = None) -> dict:
+BLOCK = 100_000  # events per RNG block: each block has its own stream, so output is chunking-independent
+
+
+def generate(cfg: SynthConfig, out_dir: str | Path, progress: Callable[[int], None] | None = None) -> dict:
     """Write events.csv, items.jsonl and world.json for the world `cfg` describes; return counts."""
     world = World(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text_rng = np.random.default_rng([cfg.seed, 1])
-    event_rng = np.random.default_rng([cfg.seed, 2])
 
     with atomic_path(out_dir / "items.jsonl") as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
@@ -150,9 +152,10 @@ def generate(cfg: SynthConfig, out_dir: str | Path, chunk: int = 200_000, progre
     with atomic_path(out_dir / "events.csv") as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
             fh.write("user_id,item_id,timestamp,event\n")
-            for lo in range(0, cfg.events, chunk):
-                hi = min(lo + chunk, cfg.events)
+            for lo in range(0, cfg.events, BLOCK):
+                hi = min(lo + BLOCK, cfg.events)
                 n = hi - lo
+                event_rng = np.random.default_rng([cfg.seed, 2, lo // BLOCK])
                 frac = (np.arange(lo, hi) + event_rng.random(n)) / cfg.events
                 ts = (cfg.start_time + frac * span).astype(np.int64)
                 users = np.searchsorted(world.user_cdf, event_rng.random(n), side="right")
