@@ -1,0 +1,106 @@
+"""One writer per work directory.
+
+The lock is an `fcntl.flock` on `WORKDIR/.dyembed.lock`: the kernel releases it when the holder
+dies (even by kill -9), so a dead process can never wedge a cron job. The file also records the
+holder's pid, host, command and start time, for the message a second run prints, and so that a
+lock file left by a dead process is reported (as a warning) when it is taken over.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from dyembed.errors import StateError
+
+log = logging.getLogger(__name__)
+LOCK_NAME = ".dyembed.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "another process"
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} ({holder.get('command', '?')}, since {holder.get('started', '?')})"
+
+
+class WorkdirLock:
+    """`with WorkdirLock(workdir, command="train", wait=0):` — exclusive, or StateError (exit 4)."""
+
+    def __init__(self, workdir: str | Path, *, command: str = "", wait: float = 0.0, poll: float = 0.1):
+        self.path = Path(workdir) / LOCK_NAME
+        self.command = command
+        self.wait = max(0.0, float(wait))
+        self.poll = poll
+        self._fh = None
+
+    def _read_holder(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+            return json.loads(text) if text else {}
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+
+    def acquire(self) -> "WorkdirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    fh.close()
+                    raise StateError(f"cannot lock {self.path}: {exc.strerror}") from None
+                if time.monotonic() >= deadline:
+                    holder = self._read_holder()
+                    fh.close()
+                    waited = f" after waiting {self.wait:g} s" if self.wait else ""
+                    raise StateError(f"work directory {self.path.parent} is locked by {_describe(holder)}{waited}; use --wait SECONDS to wait for it") from None
+                time.sleep(self.poll)
+        previous = self._read_holder()
+        if previous.get("pid") and previous.get("pid") != os.getpid():
+            same_host = previous.get("host") == socket.gethostname()
+            state = "not running" if same_host and not _pid_alive(int(previous["pid"])) else "its lock was released"
+            log.warning("taking over the stale lock of %s: %s", _describe(previous), state)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        # empty the file before unlocking: an empty lock file means "cleanly released"
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.flush()
+        fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+        self._fh.close()
+        self._fh = None
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
