@@ -42,8 +42,20 @@ class _JsonLogFormatter(logging.Formatter):
         return json.dumps({"level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()})
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (test runners swap it between commands)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if GLOBALS.log_format == "json":
         handler.setFormatter(_JsonLogFormatter())
     else:
