@@ -46,68 +46,100 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
-    """Raw-log ingestion (`dyembed preprocess`)."""
+    """Raw-log ingestion (`dyembed preprocess`); every key is documented in data/README.md."""
 
     format: str = _choice(
         "generic",
         ["generic", "synth", "movielens-100k", "movielens-1m", "movielens-latest", "amazon-2018", "mind", "recbole"],
     )
+    # a directory holding a built-in format's files (explicit `events` / `items` paths win over it)
+    input: str | None = None
     events: str | None = None
     items: str | None = None
+    # generic format: column names in the events file (rating/weight/event are optional)
     user_col: str = "user_id"
     item_col: str = "item_id"
     time_col: str = "timestamp"
     rating_col: str | None = None
     weight_col: str | None = None
     event_col: str | None = None
+    # generic format: the id column of the items file
     item_id_col: str = "item_id"
-    text_template: str = "{title}. {description}"
-    # unix (seconds), unix_ms, auto (seconds or millis by magnitude), or a strftime pattern
+    # fields of the items file joined into the item text; "" = the format's own default
+    # (generic and synth: "{title}. {description}")
+    text_template: str = ""
+    # unix (seconds), unix_ms, auto (s/ms/µs/ns by magnitude, per value), iso, or a strftime pattern
     time_format: str = "auto"
+    # generic CSV: None = from the extension (.tsv → tab) or sniffed from the header line
     delimiter: str | None = None
     encoding: str = "utf-8"
     min_rating: float | None = None
     min_user_events: int = 1
     min_item_events: int = 1
     kcore: int = 0
+    # events whose item is not in the items file are rejected (reason unknown_item)
     require_text: bool = True
     drop_duplicates: bool = True
+    # keep items of the items file that no kept event refers to (cold items, indexed after the rest)
+    keep_unused_items: bool = False
+    # --append: events older than the stored watermark are quarantined (drop, reason out_of_order),
+    # merged at their true time (keep), or moved to the watermark (clamp)
+    allow_late: str = _choice("drop", ["drop", "keep", "clamp"])
     language: str = "english"
     chunk_rows: int = 1_000_000
 
 
 @dataclass
 class EncodeConfig:
-    """Item text features (`dyembed encode`)."""
+    """Item text features (`dyembed encode`); see docs/encoder.md."""
 
-    # "hf:<hub id or local dir>" or "hashing"
+    # "hf:<hub id or local dir>" or "hashing"; $DYEMBED_MODEL and `--model` override it
     encoder: str = "hf:sentence-transformers/all-MiniLM-L6-v2"
     # fall back to the hashing encoder (with a one-line note) when the model cannot be loaded
     fallback_to_hashing: bool = False
-    pooling: str = _choice("auto", ["auto", "mean", "cls"])
+    # auto = what the model's sentence-transformers files declare (modules.json, 1_Pooling), else mean
+    pooling: str = _choice("auto", ["auto", "mean", "cls", "max", "last"])
     max_length: int = 128
     batch_size: int = 64
     normalize: bool = True
     dtype: str = _choice("float32", ["float32", "float16"])
     input_field: str = "text"
+    # prepended to every text before tokenising (E5 wants "passage: ")
+    prefix: str = ""
     hashing_dim: int = 384
+    # unique texts encoded between two checkpoints (a killed run resumes from the last one)
+    checkpoint_every: int = 2048
+    # XLA-compile one forward per bucket shape (False: one graph with dynamic shapes)
+    jit_compile: bool = False
     adapt_steps: int = 0
+    adapt_lr: float = 5e-5
+    adapt_batch_size: int = 32
+    adapt_mask_prob: float = 0.15
+    # fraction of item texts held out to measure the MLM loss before/after adaptation
+    adapt_holdout: float = 0.1
     seed: int = 0
 
 
 @dataclass
 class ModelConfig:
-    """The dynamic user model (see docs/ARCHITECTURE in the README)."""
+    """The dynamic user model (docs/model.md has the maths)."""
 
     dim: int = 64
     rule: str = _choice("sgd", ["sgd", "adagrad", "adam"])
+    # full softmax over all items, or sampled: shared negatives per t-batch with log-Q correction
     loss: str = _choice("full", ["full", "sampled"])
     num_negatives: int = 1024
+    # negative sampler Q: item popularity^neg_power (training counts + 1), or uniform
+    neg_sampling: str = _choice("popularity", ["popularity", "uniform"])
+    neg_power: float = 0.75
     user_init: str = _choice("prior", ["prior", "zero", "random"])
+    # standard deviation of user_init = random
+    init_scale: float = 0.1
     item_residual: bool = True
     item_bias: bool = True
     temperature: float = 1.0
     learn_temperature: bool = False
+    # the user step size alpha (initial value when trained; learned as log alpha)
     step_size: float = 0.05
     per_dim_step: bool = False
     l2_prior: float = 0.0
@@ -117,6 +149,8 @@ class ModelConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     eps: float = 1e-8
+    # scale each event's user gradient by the events.parquet `weight` column when present
+    use_weights: bool = True
 
 
 @dataclass
@@ -125,14 +159,27 @@ class TrainConfig:
 
     epochs: int = 10
     lr: float = 0.01
+    # users replayed side by side (the lanes of a t-batch block)
     batch_size: int = 256
-    # t-batches never reach further ahead than this many events
-    window: int = 4096
+    # events laid out into t-batches at a time: batches never reach further ahead than this
+    window: int = 1_000_000
     # meta: backpropagate through the users' own update steps, truncated every `truncation` steps
+    # (false: users' states are constants for θ — the unstable stop-gradient variant)
     meta: bool = True
     truncation: int = 25
+    # L2 on the projection P and the item residual E
+    weight_decay: float = 0.0
+    # early stopping on validation NDCG@val_k (needs validation rows); patience in epochs
     patience: int = 3
     validation: bool = True
+    val_k: int = 10
+    # split used for training: "evaluate" takes [evaluate] protocol/test_fraction/test_start;
+    # "none" trains on every event (production / cron)
+    protocol: str = _choice("evaluate", ["evaluate", "loo", "temporal", "none"])
+    # temporal protocol: the last fraction of the training rows is the validation stream
+    validation_fraction: float = 0.1
+    # stop starting new epochs after this many seconds (0 = no limit)
+    time_budget: float = 0.0
     seed: int = 0
     tensorboard: str | None = None
 
@@ -145,17 +192,35 @@ class EvaluateConfig:
     test_fraction: float = 0.2
     test_start: int | None = None
     ks: list[int] = field(default_factory=lambda: [10, 20])
+    # auto = on for loo (RecBole's full-ranking tables mask history), off for temporal (repeats are real)
     mask_seen: str = _choice("auto", ["auto", "on", "off"])
-    baselines: list[str] = field(default_factory=lambda: ["pop", "static"])
+    # any of pop, recent-pop, random, history-mean, static, frozen (frozen: temporal protocol only)
+    baselines: list[str] = field(default_factory=lambda: ["pop", "recent-pop", "random", "history-mean", "static", "frozen"])
     bootstrap: int = 200
     seed: int = 0
+    # recent-pop: item counts over this sliding window before each test event
+    recent_window_days: float = 7.0
+    # history-mean: weight of a past event halves every this many later events of the user (0 = plain mean)
+    history_half_life_events: float = 10.0
+    # static: full-softmax fit of one free vector per user on the history events
+    static_epochs: int = 30
+    static_l2: float = 0.01
+    # memory cap of one [events, items] score block of the numpy baselines and of recommend
+    max_block_mb: float = 64.0
+    # --plot: number of equal-count test-time buckets
+    plot_buckets: int = 10
 
 
 @dataclass
 class RuntimeConfig:
     device: str = _choice("auto", ["auto", "cpu", "gpu"])
+    # matmuls against the item matrix in bfloat16 (CPU) / float16 (GPU), accumulating in float32
     mixed_precision: bool = False
     threads: int = 0
+    # cap on one [lanes, n_items] score block (MB); lanes are reduced to stay under it
+    max_block_mb: int = 256
+    # compile the replay step with XLA
+    jit: bool = False
 
 
 @dataclass
