@@ -31,12 +31,14 @@ def _version(value: bool) -> None:
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or notes; errors only.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Info-level logs on stderr.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     log_format: Annotated[str, typer.Option("--log-format", help="Log lines on stderr as text or json.")] = "text",
 ) -> None:
     if log_format not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
     common.GLOBALS.quiet = quiet
+    common.GLOBALS.verbose = verbose
     common.GLOBALS.debug = debug
     common.GLOBALS.log_format = log_format
 

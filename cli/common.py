@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +23,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclass
 class Globals:
     quiet: bool = False
+    verbose: bool = False
     debug: bool = False
     log_format: str = "text"
 
 
 GLOBALS = Globals()
 # tables go to stdout, messages and progress to stderr (so `--json -` stays clean for scripts)
-out = Console(highlight=False, soft_wrap=True)
+# (a file or pipe gets a wide table instead of rich's 80-column default)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file (defaults < file < flags < --set).")]
@@ -55,6 +58,9 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def setup_logging() -> None:
+    if not GLOBALS.debug:
+        # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) is not for users; --debug shows it
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     handler = _StderrHandler()
     if GLOBALS.log_format == "json":
         handler.setFormatter(_JsonLogFormatter())
@@ -62,7 +68,7 @@ def setup_logging() -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("dyembed")
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if GLOBALS.debug else logging.WARNING if GLOBALS.quiet else logging.INFO)
+    root.setLevel(logging.DEBUG if GLOBALS.debug else logging.INFO if GLOBALS.verbose else logging.WARNING)
     root.propagate = False
 
 

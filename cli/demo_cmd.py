@@ -14,17 +14,16 @@ from dyembed_cli.common import ConfigOpt, SetOpt, guarded, note, resolve_config
 def _step_line(name: str, summary: dict[str, Any]) -> str:
     seconds = summary.get("seconds", 0.0)
     detail = {
-        "synth": lambda s: f"{s.get('events', 0):,} events, {s.get('users', 0):,} users, {s.get('items', 0):,} items",
-        "preprocess": lambda s: f"{s.get('counts', {}).get('events_out', '?'):,} events kept, "
-        f"{s.get('counts', {}).get('rejected', '?')} rejected",
-        "encode": lambda s: f"encoder {s.get('encoder', '?')}, {s.get('items_encoded', '?')} items encoded"
-        + (f" (fallback: {s['fallback_reason']})" if s.get("fallback_reason") else ""),
-        "train": lambda s: f"{s.get('epochs_run', s.get('epochs', '?'))} epochs",
-        "evaluate": lambda s: f"protocol {s.get('protocol', '?')}",
+        "synth": lambda s: f"{s['events']:,} events (+{s['malformed_rows']} malformed rows), {s['users']:,} users, {s['items']:,} items",
+        "preprocess": lambda s: f"{s['events_out']:,} events kept, {s['rejected_total']:,} rejected "
+        f"({', '.join(f'{k} {v}' for k, v in s['rejected'].items()) or 'none'})",
+        "encode": lambda s: f"{s['encoder']} encoder, {s['items_encoded']:,} items encoded, dim {s['dim']}",
+        "train": lambda s: f"{s['epochs_run']} epochs (best {s['best_epoch']}), {s['train_events']:,} training events",
+        "evaluate": lambda s: f"protocol {s['protocol']}, {s['counts']['test_events']:,} test events",
     }.get(name, lambda s: "")
     try:
         text = detail(summary)
-    except (TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         text = ""
     return f"  {name:<10} {seconds:7.1f} s  {text}"
 

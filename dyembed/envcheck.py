@@ -7,7 +7,10 @@ obscure error, so it is caught here instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 from importlib import metadata
 
 from dyembed.errors import ConfigError
@@ -58,10 +61,46 @@ def check_transformers_versions() -> str:
     return tr_version
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Hide what TensorFlow's C++ start-up writes straight to file descriptor 2.
+
+    TF 2.21 prints oneDNN/CUDA-probe notes from static initialisers before absl logging is set up,
+    so TF_CPP_MIN_LOG_LEVEL cannot silence them. They are kept in a temp file and replayed only if
+    the import fails, or always with DYEMBED_TF_LOGS=1.
+    """
+    if os.environ.get("DYEMBED_TF_LOGS") == "1":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+_TF = None
+
+
 def import_tensorflow():
-    """Import TensorFlow quietly after the version check; the one way dyembed imports it."""
+    """Import TensorFlow once, version-checked and without its start-up chatter; the one way dyembed imports it."""
+    global _TF
+    if _TF is not None:
+        return _TF
     check_tensorflow_versions()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    with _native_stderr_silenced():
+        import tensorflow as tf
 
+        tf.config.list_physical_devices()  # the CUDA probe logs here on a machine without a GPU
+    _TF = tf
     return tf
