@@ -40,8 +40,15 @@ def _describe(holder: dict[str, Any]) -> str:
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} ({holder.get('command', '?')}, since {holder.get('started', '?')})"
 
 
+# locks this process holds, by path: a step called inside another (update → train) re-enters
+_HELD: dict[Path, int] = {}
+
+
 class WorkdirLock:
-    """`with WorkdirLock(workdir, command="train", wait=0):` — exclusive, or StateError (exit 4)."""
+    """`with WorkdirLock(workdir, command="train", wait=0):` — exclusive, or StateError (exit 4).
+
+    Re-entrant within one process (flock would otherwise block on our own second open).
+    """
 
     def __init__(self, workdir: str | Path, *, command: str = "", wait: float = 0.0, poll: float = 0.1):
         self.path = Path(workdir) / LOCK_NAME
@@ -59,6 +66,12 @@ class WorkdirLock:
 
     def acquire(self) -> "WorkdirLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = self.path.resolve()
+        if _HELD.get(key):
+            _HELD[key] += 1
+            self._reentered = True
+            return self
+        self._reentered = False
         fh = open(self.path, "a+", encoding="utf-8")
         deadline = time.monotonic() + self.wait
         while True:
@@ -86,11 +99,18 @@ class WorkdirLock:
                              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
         fh.flush()
         self._fh = fh
+        _HELD[key] = 1
         return self
 
     def release(self) -> None:
+        key = self.path.resolve()
+        if getattr(self, "_reentered", False):
+            _HELD[key] -= 1
+            self._reentered = False
+            return
         if self._fh is None:
             return
+        _HELD.pop(key, None)
         # empty the file before unlocking: an empty lock file means "cleanly released"
         self._fh.seek(0)
         self._fh.truncate()

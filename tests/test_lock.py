@@ -69,3 +69,12 @@ def test_clean_release_leaves_an_empty_lock_file(tmp_path):
     assert (tmp_path / LOCK_NAME).read_text() == ""
     with WorkdirLock(tmp_path):  # and it can be taken again
         pass
+
+
+def test_reentrant_within_one_process(tmp_path):
+    """update → train: a step run inside another step of the same process re-enters the lock."""
+    with WorkdirLock(tmp_path, command="update"):
+        with WorkdirLock(tmp_path, command="train"):
+            pass
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "update"  # still held
+    assert (tmp_path / LOCK_NAME).read_text() == ""
