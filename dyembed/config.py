@@ -111,6 +111,8 @@ class EncodeConfig:
     checkpoint_every: int = 2048
     # XLA-compile one forward per bucket shape (False: one graph with dynamic shapes)
     jit_compile: bool = False
+    # fewer texts to encode than this run eagerly (tracing the graph costs more than it saves)
+    compile_min_texts: int = 1000
     adapt_steps: int = 0
     adapt_lr: float = 5e-5
     adapt_batch_size: int = 32

@@ -1,0 +1,236 @@
+"""`dyembed recommend`: the top-K items for users from the current state.
+
+Scores are the model's own, s_j = u · v_j / τ + b_j, with u = the user's vector in the state
+after their last replayed event. A user id that the state does not know (not in users.parquet,
+or added after the last `train`) gets the cold-start list: the same scores with u = the learned
+prior u0, plus a note — not an error. `exclude_seen` removes the items of the user's events in
+events.parquet from their list.
+
+All users (no ids given) are streamed to the output file in blocks of users, so memory stays at
+one [block, n_items] score matrix plus the event log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dyembed.artefacts import atomic_path, require_file
+from dyembed.config import Config
+from dyembed.errors import ConfigError, InputDataError
+from dyembed.evaluate import baselines as bl
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl"}
+SNIPPET_CHARS = 80
+MAX_RETURNED_ROWS = 10_000  # rows kept in the returned summary (the file gets all of them)
+
+
+def read_users_file(path: str | Path) -> list[str]:
+    """One user id per line; blank lines and a `user_id` header line are skipped."""
+    path = require_file(path, "users file")
+    ids = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    ids = [i for i in ids if i]
+    if ids and ids[0] == "user_id":
+        ids = ids[1:]
+    if not ids:
+        raise InputDataError(f"users file {path} lists no user ids")
+    return ids
+
+
+class _Catalogue:
+    """Item ids and text snippets, indexed by item_idx."""
+
+    def __init__(self, workdir: Path):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        path = require_file(workdir / "items.parquet", "items file")
+        table = pq.read_table(path, columns=["item_idx", "item_id", "text"]).sort_by("item_idx")
+        self.item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
+        text = pc.utf8_slice_codeunits(pc.fill_null(table.column("text"), ""), 0, SNIPPET_CHARS + 1)
+        self.snippets = np.asarray([t if len(t) <= SNIPPET_CHARS else t[: SNIPPET_CHARS - 1] + "…"
+                                    for t in text.to_pylist()], dtype=object)
+
+
+def _user_index(workdir: Path) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    path = require_file(workdir / "users.parquet", "users file")
+    table = pq.read_table(path, columns=["user_idx", "user_id"])
+    return dict(zip(table.column("user_id").to_pylist(), table.column("user_idx").to_pylist()))
+
+
+def _writer(path: Path, fmt: str):
+    """A (write(rows dict of columns), close()) pair for the output format."""
+    import pyarrow as pa
+
+    schema = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
+                        ("score", pa.float32()), ("text", pa.string()), ("cold_start", pa.bool_())])
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        w = pq.ParquetWriter(path, schema, compression="zstd")
+        return (lambda cols: w.write_table(pa.table(cols, schema=schema))), w.close
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        w = pacsv.CSVWriter(path, schema)
+        return (lambda cols: w.write_table(pa.table(cols, schema=schema))), w.close
+    fh = open(path, "w", encoding="utf-8")
+
+    def write(cols: dict[str, Any]) -> None:
+        keys = list(cols)
+        for values in zip(*(cols[k] for k in keys)):
+            row = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in zip(keys, values)}
+            row["score"] = round(float(row["score"]), 6)
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    return write, fh.close
+
+
+def score_topk(U: np.ndarray, V: np.ndarray, bias: np.ndarray, tau: float, k: int,
+               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item indices and scores [b, k] of s = U Vᵀ / τ + b (float32, as the model scores),
+    masked items excluded; -1 / NaN pad when fewer than k items are left."""
+    scores = (np.asarray(U, np.float32) @ V.T) / np.float32(tau) + bias
+    top = bl.topk_items(scores, k, mask)
+    top_scores = np.where(top >= 0, np.take_along_axis(scores, np.maximum(top, 0), 1), np.nan)
+    return top, top_scores
+
+
+def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | None = None,
+              users_file: str | Path | None = None, k: int = 10, exclude_seen: bool = False,
+              out: str | Path | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Top-k lists for the given users (ids and/or a users file), or for every user when none is
+    given (then `out` is required). Returns a summary with the rows (up to 10,000) and notes."""
+    from dyembed.replay import api
+
+    workdir = Path(workdir)
+    if k < 1:
+        raise ConfigError(f"--k must be a positive integer, got {k}")
+    fmt = None
+    if out is not None:
+        fmt = FORMATS.get(Path(out).suffix.lower())
+        if fmt is None:
+            raise ConfigError(f"--out {out}: unknown format; use a .parquet, .csv or .jsonl file name")
+    requested: list[str] | None = list(user_ids or [])
+    if users_file is not None:
+        requested += read_users_file(users_file)
+    if not requested:
+        requested = None
+        if out is None:
+            raise ConfigError("recommending for all users needs --out FILE (.parquet, .csv or .jsonl)")
+
+    trained = api.load_trained(workdir)
+    V = np.asarray(trained.item_matrix(), np.float32)
+    bias = np.asarray(trained.item_bias(), np.float32)
+    tau = float(trained.temperature)
+    U_state = trained.state.U
+    prior = np.asarray(trained.prior(), dtype=np.float64)
+    catalogue = _Catalogue(workdir)
+    n_items = V.shape[0]
+    index = _user_index(workdir)
+    seen = None
+    if exclude_seen:
+        log_ = _load_log(workdir)
+        seen = bl.seen_csr(max(len(index), U_state.shape[0]), log_.user_idx, log_.item_idx)
+
+    notes: list[str] = []
+    if requested is None:
+        ids = np.empty(len(index), dtype=object)
+        for uid, idx in index.items():
+            ids[idx] = uid
+        targets: list[tuple[str, int]] = [(str(ids[i]), i) for i in range(len(ids))]
+    else:
+        targets = [(uid, index.get(uid, -1)) for uid in requested]
+    # a user the state has no row for (unknown id, or added after the last train) → the prior
+    targets = [(uid, idx if 0 <= idx < U_state.shape[0] else -1) for uid, idx in targets]
+    unknown = [uid for uid, idx in targets if idx < 0]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        notes.append(f"unknown user(s) {shown}: cold-start list from the learned prior")
+    # known users whose state never took a step (no replayed event yet) also sit at the prior
+    never_updated = np.asarray(trained.state.count) == 0
+    idle = sum(1 for _, idx in targets if idx >= 0 and never_updated[idx])
+    if idle:
+        notes.append(f"{idle} user(s) have no replayed event yet (events after the last train, or only test "
+                     "events): their list is the cold-start list too")
+
+    per_block = bl.block_size(n_items, cfg.evaluate.max_block_mb)
+    rows: list[dict[str, Any]] = []
+    written = 0
+    sink = None
+    with _maybe_atomic(out) as tmp:
+        if tmp is not None:
+            sink = _writer(tmp, fmt)
+        try:
+            for lo in range(0, len(targets), per_block):
+                block = targets[lo:lo + per_block]
+                idx = np.array([i for _, i in block], dtype=np.int64)
+                cold = (idx < 0) | never_updated[np.maximum(idx, 0)]
+                U = np.where(cold[:, None], prior[None, :], U_state[np.maximum(idx, 0)])
+                mask = None
+                if seen is not None:
+                    mask = bl.seen_mask(seen, np.maximum(idx, 0), n_items)
+                    mask[cold] = False
+                top, top_scores = score_topk(U, V, bias, tau, k, mask)
+                cols = _columns(block, top, top_scores, cold, catalogue)
+                if sink is not None:
+                    sink[0](cols)
+                written += len(cols["user_id"])
+                if len(rows) < MAX_RETURNED_ROWS:
+                    keys = list(cols)
+                    rows.extend(dict(zip(keys, vals)) for vals in zip(*(cols[c] for c in keys)))
+                if progress:
+                    progress(min(lo + per_block, len(targets)), len(targets))
+        finally:
+            if sink is not None:
+                sink[1]()
+    return {
+        "k": k, "exclude_seen": exclude_seen, "users": len(targets), "unknown_users": len(unknown),
+        "cold_start_users": len(unknown) + idle,
+        "rows": rows[:MAX_RETURNED_ROWS], "rows_written": written if out is not None else 0,
+        "out": str(out) if out is not None else None, "format": fmt, "notes": notes,
+    }
+
+
+def _columns(block, top, top_scores, cold, catalogue: _Catalogue) -> dict[str, list]:
+    valid = top >= 0
+    n_per = valid.sum(1)
+    user_id = np.repeat(np.array([u for u, _ in block], dtype=object), n_per)
+    rank = np.concatenate([np.arange(1, n + 1) for n in n_per]) if len(n_per) else np.zeros(0, int)
+    items = top[valid]
+    return {
+        "user_id": user_id.tolist(),
+        "rank": rank.astype(np.int32).tolist(),
+        "item_id": catalogue.item_ids[items].tolist(),
+        "score": top_scores[valid].astype(np.float32).tolist(),
+        "text": catalogue.snippets[items].tolist(),
+        "cold_start": np.repeat(cold, n_per).tolist(),
+    }
+
+
+class _maybe_atomic:
+    """atomic_path(out) when out is given, else a no-op context yielding None."""
+
+    def __init__(self, out):
+        self._cm = atomic_path(out) if out is not None else None
+
+    def __enter__(self):
+        return self._cm.__enter__() if self._cm else None
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc) if self._cm else False
+
+
+def _load_log(workdir: Path) -> bl.EventLog:
+    from dyembed.evaluate.run import load_event_log
+
+    return load_event_log(workdir)

@@ -1,0 +1,534 @@
+"""The replay engine: blocks of t-batches through the dynamic rule, one compiled TF call per block.
+
+Per step t of a block (one t-batch, one user per lane), all in one `tf.function`:
+  1. lanes whose user enters gather (u, slots, count, last_ts) from the user table;
+  2. optional time decay toward u0;
+  3. one matmul of the lane vectors against the item matrix: s = U_b Vᵀ / τ + b
+     (sampled loss without ranking: only against the target and the block's shared negatives);
+  4. per-event target score, loss, rank (1 + #non-masked others scoring >= target), top-k;
+  5. closed-form gradient ∇u = Vᵀ(softmax(s) − onehot)/τ (or its sampled form), weight, prior
+     pull, clipping, and the sgd / adagrad / adam step with per-user slots;
+and after the last step every user's final state in the block is scattered back to the table.
+Training wraps the same steps in a GradientTape and takes one Adam step on θ per block, so θ's
+gradient flows through the users' own updates inside the block (truncated backprop; the state
+carried across blocks is a constant). See rules_reference.py for the maths in float64.
+
+The user table lives in tf.Variables (no padding row: empty slots gather user 0 and are never
+written back), so 1M users × d=64 with Adam slots is three 256 MB arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from dyembed.envcheck import import_tensorflow
+from dyembed.replay.model import Model
+from dyembed.replay.seen import SeenItems
+from dyembed.replay.spec import RuleSpec
+from dyembed.replay.state import UserState
+from dyembed.replay.tbatch import PAD, Block, lane_layout, windows
+
+log = logging.getLogger(__name__)
+NEG_INF = -1e30  # masks accidental hits among sampled negatives (exp underflows to exactly 0)
+TINY = 1e-30  # keeps sqrt differentiable at 0
+
+
+@dataclass
+class ReplayResult:
+    """Per-event outputs in row order (None when not requested)."""
+
+    scores: np.ndarray  # float32[n] target score with the state before the event
+    losses: np.ndarray  # float32[n] event loss (full or sampled, as configured)
+    ranks: np.ndarray | None  # int64[n]
+    topk: np.ndarray | None  # int32[n, k]
+    loss_sum: float  # weighted training loss summed over events (train mode)
+    weight_sum: float
+
+
+def full_loss_grad(tf, scores, it, V, v_t, tau, *, mm=None):
+    """Full softmax: loss = logsumexp(s) - s_target; ∇u = Vᵀ(softmax(s) − onehot)/τ (closed form).
+
+    (On CPU, logsumexp + exp measured faster than TF's fused softmax / cross-entropy kernels.)"""
+    mm = mm or (lambda a, b, transpose_b=False: tf.matmul(a, b, transpose_b=transpose_b))
+    s_t = tf.gather(scores, it[:, None], batch_dims=1)[:, 0]
+    lse = tf.reduce_logsumexp(scores, axis=1)
+    p = tf.exp(scores - lse[:, None])
+    return lse - s_t, (mm(p, V) - v_t) / tau
+
+
+def sampled_loss_grad(tf, u, V, b, tau, logq, it, s_t, neg, *, mm=None):
+    """Sampled softmax over [target, shared negatives] with logits z = s − log Q; negatives equal
+    to the target are masked (accidental hits). ∇u = (Σ_k q_k v_k − v_target)/τ, q = softmax(z)."""
+    mm = mm or (lambda a, b, transpose_b=False: tf.matmul(a, b, transpose_b=transpose_b))
+    v_t = tf.gather(V, it)
+    v_n = tf.gather(V, neg)
+    z_t = s_t - tf.gather(logq, it)
+    z_n = mm(u, v_n, transpose_b=True) / tau + tf.gather(b, neg) - tf.gather(logq, neg)
+    z_n = tf.where(neg[None, :] == it[:, None], NEG_INF, z_n)
+    z = tf.concat([z_t[:, None], z_n], axis=1)
+    lse = tf.reduce_logsumexp(z, axis=1)
+    q = tf.exp(z - lse[:, None])
+    return lse - z_t, (q[:, :1] * v_t + mm(q[:, 1:], v_n) - v_t) / tau
+
+
+class ThetaAdam:
+    """Plain Adam on θ (no Keras), applied inside the compiled training step."""
+
+    def __init__(self, tf, variables: list, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        self.tf, self.variables, self.lr, self.beta1, self.beta2, self.eps = tf, variables, lr, beta1, beta2, eps
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+        self.t = tf.Variable(0.0, trainable=False)
+
+    def apply(self, grads: list) -> None:
+        tf = self.tf
+        self.t.assign_add(1.0)
+        c1 = 1.0 - tf.pow(self.beta1, self.t)
+        c2 = 1.0 - tf.pow(self.beta2, self.t)
+        for var, g, m, v in zip(self.variables, grads, self.m, self.v):
+            if g is None:
+                continue
+            g = tf.convert_to_tensor(g)
+            m.assign(self.beta1 * m + (1 - self.beta1) * g)
+            v.assign(self.beta2 * v + (1 - self.beta2) * g * g)
+            var.assign_sub(self.lr * (m / c1) / (tf.sqrt(v / c2) + self.eps))
+
+
+class Engine:
+    """The user table on the device plus the compiled block step for one model and rule."""
+
+    def __init__(self, model: Model, spec: RuleSpec, state: UserState | None, *, n_users: int | None = None,
+                 lr: float = 0.01, meta: bool = True,
+                 weight_decay: float = 0.0, num_negatives: int = 1024, mixed_precision: bool = False,
+                 jit: bool = False, max_block_mb: int = 256):
+        tf = import_tensorflow()
+        self.tf, self.model, self.spec = tf, model, spec
+        self.meta, self.weight_decay = meta, float(weight_decay)
+        self.num_negatives = max(1, int(num_negatives))
+        self.jit = jit
+        self.max_block_mb = max_block_mb
+        self.matmul_dtype = None
+        if mixed_precision:
+            self.matmul_dtype = tf.float16 if tf.config.list_physical_devices("GPU") else tf.bfloat16
+        self.n_slots = spec.n_slots
+        self.dim = model.dim
+        if state is not None:
+            self._make_table(state, n_users)
+        else:  # fresh users built on the device: no host copy of a large table
+            self.n_users = int(n_users)
+            self._make_table(UserState.fresh(0, self.dim, self.n_slots), self.n_users)
+        self.optimizer = ThetaAdam(tf, model.trainable, lr) if lr > 0 else None
+        self._functions: dict[tuple, Callable] = {}
+        if model.logq is not None:
+            q = np.exp(model.logq.numpy().astype(np.float64))
+            self._neg_cdf = np.cumsum(q / q.sum())
+        else:
+            self._neg_cdf = None
+
+    # ---- user table -------------------------------------------------------------------------
+    CHUNK_ROWS = 65_536  # host <-> device transfers of the table go in pieces of this many rows
+
+    def _make_table(self, state: UserState, n_users: int | None = None) -> None:
+        """Variables for `state`'s users (numpy arrays or StreamedArrays read chunk by chunk);
+        with n_users larger than the state, the extra (new) users start fresh."""
+        tf = self.tf
+        n_old = state.n_users
+        if state.slots.shape[0] != self.n_slots:
+            raise ValueError(f"state has {state.slots.shape[0]} slot arrays, rule {self.spec.rule} needs {self.n_slots}")
+        n = max(n_old, n_users or 0)
+        self.n_users = n
+        in_memory = isinstance(state.U, np.ndarray) and n == n_old
+        if in_memory:
+            self.U = tf.Variable(state.U.astype(np.float32, copy=False), trainable=False)
+            self.slots = [tf.Variable(state.slots[k].astype(np.float32, copy=False), trainable=False)
+                          for k in range(self.n_slots)]
+            self.count = tf.Variable(state.count.astype(np.int32, copy=False), trainable=False)
+            self.last = tf.Variable(state.last_ts.astype(np.int64, copy=False), trainable=False)
+            return
+        self.U = tf.Variable(tf.zeros([n, self.dim]), trainable=False)
+        self.slots = [tf.Variable(tf.zeros([n, self.dim]), trainable=False) for _ in range(self.n_slots)]
+        self.count = tf.Variable(tf.zeros([n], tf.int32), trainable=False)
+        self.last = tf.Variable(tf.zeros([n], tf.int64), trainable=False)
+        if n > n_old:
+            self.reset_users(start=n_old)
+        self._fill([self.U], state.U, n_old)
+        self._fill(self.slots, state.slots, n_old)
+        self._fill([self.count], state.count, n_old)
+        self._fill([self.last], state.last_ts, n_old)
+
+    def _fill(self, variables: list, source, rows_each: int) -> None:
+        """Copy a (streamed) array, viewed as consecutive blocks of `rows_each` rows, into variables."""
+        tf = self.tf
+        chunks = source.chunks() if hasattr(source, "chunks") else [np.asarray(source)]
+        width = int(variables[0].shape[1]) if len(variables[0].shape) > 1 else 1
+        pos = 0
+        for chunk in chunks:
+            rows = np.asarray(chunk).reshape(-1, width) if width > 1 else np.asarray(chunk).reshape(-1)
+            while len(rows):
+                k, r = divmod(pos, rows_each)
+                take = min(len(rows), rows_each - r, self.CHUNK_ROWS)
+                idx = tf.range(r, r + take)[:, None]
+                variables[k].scatter_nd_update(idx, tf.constant(rows[:take].astype(variables[k].dtype.as_numpy_dtype)))
+                rows = rows[take:]
+                pos += take
+
+    def set_state(self, state: UserState) -> None:
+        if state.U.shape != (self.n_users, self.dim) or not isinstance(state.U, np.ndarray):
+            self._make_table(state)
+            return
+        self.U.assign(state.U)
+        for k in range(self.n_slots):
+            self.slots[k].assign(state.slots[k])
+        self.count.assign(state.count)
+        self.last.assign(state.last_ts)
+
+    def reset_users(self, *, seed: int = 0, init_scale: float = 0.1, start: int = 0) -> None:
+        """Users start.. back to before their first event (u0 / zero / random init), in place, in chunks."""
+        tf = self.tf
+        random_u = None
+        if self.spec.init == "random":
+            random_u = UserState.fresh(self.n_users, self.dim, 0, init="random", seed=seed, init_scale=init_scale).U
+        for lo in range(start, self.n_users, self.CHUNK_ROWS):
+            hi = min(self.n_users, lo + self.CHUNK_ROWS)
+            idx = tf.range(lo, hi)[:, None]
+            if self.spec.init == "prior":
+                u = tf.broadcast_to(self.model.u0, [hi - lo, self.dim])
+            elif random_u is not None:
+                u = tf.constant(random_u[lo:hi])
+            else:
+                u = tf.zeros([hi - lo, self.dim])
+            self.U.scatter_nd_update(idx, u)
+            for var in self.slots:
+                var.scatter_nd_update(idx, tf.zeros([hi - lo, self.dim]))
+            self.count.scatter_nd_update(idx, tf.zeros([hi - lo], tf.int32))
+            self.last.scatter_nd_update(idx, tf.zeros([hi - lo], tf.int64))
+
+    def get_state(self) -> UserState:
+        slots = np.stack([s.numpy() for s in self.slots]) if self.n_slots else np.zeros((0, self.n_users, self.dim), np.float32)
+        return UserState(U=self.U.numpy(), slots=slots, count=self.count.numpy(), last_ts=self.last.numpy())
+
+    def streamed_state(self) -> UserState:
+        """The table as StreamedArrays (row chunks gathered from the device): saving a 1M-user
+        state then needs no second full copy in host memory."""
+        from dyembed.replay.state import StreamedArray
+
+        tf = self.tf
+
+        def reader(variables: list):
+            def gen():
+                for var in variables:
+                    for lo in range(0, self.n_users, self.CHUNK_ROWS):
+                        yield tf.gather(var, tf.range(lo, min(self.n_users, lo + self.CHUNK_ROWS))).numpy()
+            return gen
+
+        n, d = self.n_users, self.dim
+        return UserState(U=StreamedArray((n, d), np.float32, reader([self.U])),
+                         slots=StreamedArray((self.n_slots, n, d), np.float32, reader(self.slots)),
+                         count=StreamedArray((n,), np.int32, reader([self.count])),
+                         last_ts=StreamedArray((n,), np.int64, reader([self.last])))
+
+    # ---- the compiled block step --------------------------------------------------------------
+    def _function(self, *, update: bool, train: bool, ranks: bool, topk: int, exclude: bool) -> Callable:
+        key = (update, train, ranks, topk, exclude)
+        if key not in self._functions:
+            tf = self.tf
+            spec = [
+                tf.TensorSpec([None, None], tf.int32),  # users [T, B]
+                tf.TensorSpec([None, None], tf.int32),  # items
+                tf.TensorSpec([None, None], tf.int64),  # ts
+                tf.TensorSpec([None, None], tf.float32),  # weights
+                tf.TensorSpec([None, None], tf.bool),  # valid
+                tf.TensorSpec([None, None], tf.bool),  # start
+                tf.TensorSpec([None, 2], tf.int32),  # end slots (t, b)
+                tf.TensorSpec([None], tf.int32),  # users of the end slots
+                tf.TensorSpec([None, None], tf.int32),  # negatives [T, S]
+                tf.TensorSpec([None], tf.int32),  # exclusion offsets per step [T + 1]
+                tf.TensorSpec([None], tf.int32),  # exclusion lane
+                tf.TensorSpec([None], tf.int32),  # exclusion item
+            ]
+
+            def block_fn(*args):
+                return self._block(*args, update=update, train=train, want_ranks=ranks, topk=topk, has_exclude=exclude)
+
+            # XLA cannot differentiate through this step (TensorList gradients): frozen replay only
+            jit = (self.jit and not train) or None
+            self._functions[key] = tf.function(block_fn, input_signature=spec, jit_compile=jit,
+                                               reduce_retracing=True)
+        return self._functions[key]
+
+    def _mm(self, a, b, transpose_b: bool = False):
+        tf = self.tf
+        if self.matmul_dtype is None:
+            return tf.matmul(a, b, transpose_b=transpose_b)
+        out = tf.matmul(tf.cast(a, self.matmul_dtype), tf.cast(b, self.matmul_dtype), transpose_b=transpose_b)
+        return tf.cast(out, tf.float32)
+
+    def _block(self, users, items, ts, weights, valid, start, end_tb, end_users, negs, ex_off, ex_lane, ex_item,
+               *, update, train, want_ranks, topk, has_exclude):
+        tf = self.tf
+        if not train:
+            return self._block_body(users, items, ts, weights, valid, start, end_tb, end_users, negs, ex_off, ex_lane,
+                                    ex_item, update=update, train=False, want_ranks=want_ranks, topk=topk,
+                                    has_exclude=has_exclude)
+        variables = self.optimizer.variables
+        with tf.GradientTape() as tape:
+            out = self._block_body(users, items, ts, weights, valid, start, end_tb, end_users, negs, ex_off, ex_lane,
+                                   ex_item, update=update, train=True, want_ranks=want_ranks, topk=topk,
+                                   has_exclude=has_exclude)
+            loss_sum, weight_sum = out[4], out[5]
+            objective = loss_sum / tf.maximum(weight_sum, 1.0)
+            if self.weight_decay > 0:
+                decay = tf.reduce_sum(tf.square(self.model.P))
+                if self.model.E is not None:
+                    decay += tf.reduce_sum(tf.square(self.model.E))
+                objective += 0.5 * self.weight_decay * decay
+        grads = tape.gradient(objective, variables)
+        self.optimizer.apply(grads)
+        return out
+
+    def _block_body(self, users, items, ts, weights, valid, start, end_tb, end_users, negs, ex_off, ex_lane, ex_item,
+                    *, update, train, want_ranks, topk, has_exclude):
+        tf, spec, model = self.tf, self.spec, self.model
+        n_steps, n_lanes = tf.shape(items)[0], tf.shape(items)[1]
+        V = model.item_matrix_tf()
+        b = model.b
+        tau = tf.exp(model.log_tau)
+        alpha = tf.exp(model.log_alpha)
+        u0 = model.u0
+        logq = model.logq
+        sampled = spec.loss == "sampled"
+        need_full = want_ranks or topk > 0 or not sampled
+        prior_init = spec.init == "prior"
+
+        dim = self.dim
+        u = tf.zeros([n_lanes, dim])
+        slots = tuple(tf.zeros([n_lanes, dim]) for _ in range(self.n_slots))
+        cnt = tf.zeros([n_lanes], tf.int32)
+        last = tf.zeros([n_lanes], tf.int64)
+        f32 = tf.float32
+        ta = lambda dtype: tf.TensorArray(dtype, size=n_steps)  # noqa: E731
+        out_score, out_loss, out_rank, out_topk = ta(f32), ta(f32), ta(tf.int32), ta(tf.int32)
+        rec_u, rec_cnt, rec_last = ta(f32), ta(tf.int32), ta(tf.int64)
+        rec_slots = tuple(ta(f32) for _ in range(self.n_slots))
+        loss_sum = tf.constant(0.0)
+        weight_sum = tf.constant(0.0)
+
+        def step(t, carry):
+            (u, slots, cnt, last, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
+             loss_sum, weight_sum) = carry
+            uid, it, tt, ww, ok, st = users[t], items[t], ts[t], weights[t], valid[t], start[t]
+            st2 = st[:, None]
+            g_cnt = tf.gather(self.count, uid)
+            g_u = tf.gather(self.U, uid)
+            if prior_init and train:
+                # a user with no event yet sits at the prior: differentiable w.r.t. u0
+                g_u = tf.where((g_cnt == 0)[:, None], tf.broadcast_to(u0, tf.shape(g_u)), g_u)
+            u = tf.where(st2, g_u, u)
+            slots = tuple(tf.where(st2, tf.gather(var, uid), s) for var, s in zip(self.slots, slots))
+            cnt = tf.where(st, g_cnt, cnt)
+            last = tf.where(st, tf.gather(self.last, uid), last)
+            if train and not self.meta:
+                u = tf.stop_gradient(u)  # the stop-gradient variant: states are constants for θ
+            ok2 = ok[:, None]
+            if update and spec.half_life > 0:
+                dt = tf.cast(tf.maximum(tt - last, 0), f32)
+                lam = tf.where(cnt > 0, tf.exp(-dt * (np.log(2.0) / spec.half_life)), 1.0)
+                u = tf.where(ok2, u0 + lam[:, None] * (u - u0), u)
+
+            v_t = tf.gather(V, it)
+            b_t = tf.gather(b, it)
+            if need_full:
+                scores = self._mm(u / tau, V, transpose_b=True) + b  # [B, n_items]
+                s_t = tf.gather(scores, it[:, None], batch_dims=1)[:, 0]
+            else:
+                s_t = tf.reduce_sum(u * v_t, axis=1) / tau + b_t
+            if sampled:
+                neg = negs[t]
+                loss, grad = sampled_loss_grad(tf, u, V, b, tau, logq, it, s_t, neg, mm=self._mm)
+            else:
+                loss, grad = full_loss_grad(tf, scores, it, V, v_t, tau, mm=self._mm)
+            out_score = out_score.write(t, s_t)
+            out_loss = out_loss.write(t, loss)
+            w_ok = tf.where(ok, ww, 0.0)
+            loss_sum += tf.reduce_sum(w_ok * loss)
+            weight_sum += tf.reduce_sum(w_ok)
+
+            if want_ranks or topk > 0:
+                if has_exclude:
+                    lo, hi = ex_off[t], ex_off[t + 1]
+                    e_lane, e_item = ex_lane[lo:hi], ex_item[lo:hi]
+                    e_idx = tf.stack([e_lane, e_item], axis=1)
+                    not_target = e_item != tf.gather(it, e_lane)
+                if want_ranks:
+                    beats = tf.math.count_nonzero(scores >= s_t[:, None], axis=1, dtype=tf.int32)  # includes the target
+                    if has_exclude:
+                        e_beats = (tf.gather_nd(scores, e_idx) >= tf.gather(s_t, e_lane)) & not_target
+                        beats -= tf.math.unsorted_segment_sum(tf.cast(e_beats, tf.int32), e_lane, n_lanes)
+                    out_rank = out_rank.write(t, beats)
+                if topk > 0:
+                    masked = scores
+                    if has_exclude:
+                        masked = tf.tensor_scatter_nd_update(
+                            scores, tf.boolean_mask(e_idx, not_target),
+                            tf.fill([tf.reduce_sum(tf.cast(not_target, tf.int32))], -np.inf))
+                    out_topk = out_topk.write(t, tf.math.top_k(masked, k=topk).indices)
+
+            if update:
+                g = grad * ww[:, None]
+                if spec.l2 > 0:
+                    g += spec.l2 * (u - u0)
+                if spec.clip > 0:
+                    norm = tf.sqrt(tf.maximum(tf.reduce_sum(g * g, axis=1), TINY))
+                    g *= tf.minimum(1.0, spec.clip / norm)[:, None]
+                if spec.rule == "sgd":
+                    u_next, new_slots = u - alpha * g, ()
+                elif spec.rule == "adagrad":
+                    acc = slots[0] + g * g
+                    u_next, new_slots = u - alpha * g / (tf.sqrt(tf.maximum(acc, TINY)) + spec.eps), (acc,)
+                else:
+                    k = tf.cast(cnt + 1, f32)[:, None]
+                    m = spec.beta1 * slots[0] + (1 - spec.beta1) * g
+                    v = spec.beta2 * slots[1] + (1 - spec.beta2) * g * g
+                    m_hat = m / (1 - tf.pow(spec.beta1, k))
+                    v_hat = v / (1 - tf.pow(spec.beta2, k))
+                    u_next, new_slots = u - alpha * m_hat / (tf.sqrt(tf.maximum(v_hat, TINY)) + spec.eps), (m, v)
+                u = tf.where(ok2, u_next, u)
+                slots = tuple(tf.where(ok2, ns, s) for ns, s in zip(new_slots, slots))
+                cnt = cnt + tf.cast(ok, tf.int32)
+                last = tf.where(ok, tt, last)
+                rec_u = rec_u.write(t, tf.stop_gradient(u))
+                rec_slots = tuple(r.write(t, tf.stop_gradient(s_new)) for r, s_new in zip(rec_slots, slots))
+                rec_cnt = rec_cnt.write(t, cnt)
+                rec_last = rec_last.write(t, last)
+            return (u, slots, cnt, last, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
+                    loss_sum, weight_sum)
+
+        carry = (u, slots, cnt, last, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
+                 loss_sum, weight_sum)
+        for t in tf.range(n_steps):
+            carry = step(t, carry)
+        (u, slots, cnt, last, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
+         loss_sum, weight_sum) = carry
+
+        if update:
+            idx = end_users[:, None]
+            self.U.scatter_nd_update(idx, tf.gather_nd(rec_u.stack(), end_tb))
+            for var, rec in zip(self.slots, rec_slots):
+                var.scatter_nd_update(idx, tf.gather_nd(rec.stack(), end_tb))
+            self.count.scatter_nd_update(idx, tf.gather_nd(rec_cnt.stack(), end_tb))
+            self.last.scatter_nd_update(idx, tf.gather_nd(rec_last.stack(), end_tb))
+        ranks_out = out_rank.stack() if want_ranks else tf.zeros([0, 0], tf.int32)
+        topk_out = out_topk.stack() if topk > 0 else tf.zeros([0, 0, 0], tf.int32)
+        return out_score.stack(), out_loss.stack(), ranks_out, topk_out, loss_sum, weight_sum
+
+    # ---- host side --------------------------------------------------------------------------
+    def rank_lanes(self, lanes: int) -> int:
+        """Lanes such that a [lanes, n_items] float32 block (plus temporaries) stays under the cap."""
+        per_lane = self.model.n_items * 4 * 4
+        return max(1, min(int(lanes), int(self.max_block_mb * 2**20 // per_lane)))
+
+    def sample_negatives(self, rng: np.random.Generator, steps: int) -> np.ndarray:
+        """[steps, S] shared negatives per t-batch, drawn from the proposal Q (with replacement)."""
+        draws = np.searchsorted(self._neg_cdf, rng.random((steps, self.num_negatives)), side="right")
+        return np.minimum(draws, len(self._neg_cdf) - 1).astype(np.int32)
+
+    def replay(
+        self,
+        user_idx: np.ndarray,
+        item_idx: np.ndarray,
+        ts: np.ndarray,
+        weight: np.ndarray | None = None,
+        *,
+        update: bool = True,
+        train: bool = False,
+        ranks: bool = False,
+        exclude: SeenItems | None = None,
+        topk: int = 0,
+        lanes: int = 256,
+        steps: int = 25,
+        window: int = 1_000_000,
+        rng: np.random.Generator | None = None,
+        shuffle: bool = False,
+        negatives_out: list | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ReplayResult:
+        """Replay events (row order = time order) through the rule; returns per-event outputs.
+
+        train: θ takes an Adam step per block (update must be true). rng: negatives (sampled loss)
+        and, with shuffle, the order of users inside lanes. negatives_out collects (rows, negs)
+        per block so a reference can replay with the very same negatives.
+        """
+        tf = self.tf
+        if train and (self.optimizer is None or not update):
+            raise ValueError("training needs update=True and an optimiser (lr > 0)")
+        n = len(user_idx)
+        user_idx = np.asarray(user_idx, np.int32)
+        item_idx = np.asarray(item_idx, np.int32)
+        ts = np.asarray(ts, np.int64)
+        weight = np.ones(n, np.float32) if weight is None else np.asarray(weight, np.float32)
+        rng = rng or np.random.default_rng(0)
+        if ranks or topk > 0 or self.spec.loss == "full":
+            lanes = self.rank_lanes(lanes)
+        if not train and n:
+            # frozen: lanes only change speed; more lanes than n / longest sequence just adds padding
+            longest = int(np.bincount(user_idx).max())
+            lanes = max(1, min(lanes, -(-n // longest) if n <= window else lanes))
+        fn = self._function(update=update, train=train, ranks=ranks, topk=int(topk), exclude=exclude is not None)
+        scores = np.zeros(n, np.float32)
+        losses = np.zeros(n, np.float32)
+        rank_out = np.zeros(n, np.int64) if ranks else None
+        topk_out = np.zeros((n, topk), np.int32) if topk > 0 else None
+        loss_total, weight_total, done = 0.0, 0.0, 0
+        for w0, w1 in windows(n, window):
+            blocks = lane_layout(user_idx[w0:w1], lanes, steps, rng=rng if shuffle else None)
+            for blk in blocks:
+                args = self._block_arrays(blk, w0, user_idx, item_idx, ts, weight, exclude, rng)
+                if negatives_out is not None and self.spec.loss == "sampled":
+                    negatives_out.append((np.where(blk.valid, blk.pos + w0, PAD), args[8]))
+                out = fn(*[tf.constant(a) for a in args])
+                valid = blk.valid
+                rows = blk.pos[valid] + w0
+                scores[rows] = out[0].numpy()[valid]
+                losses[rows] = out[1].numpy()[valid]
+                if ranks:
+                    rank_out[rows] = out[2].numpy()[valid]
+                if topk > 0:
+                    topk_out[rows] = out[3].numpy()[valid]
+                loss_total += float(out[4])
+                weight_total += float(out[5])
+                done += int(valid.sum())
+                if progress is not None:
+                    progress(done)
+        return ReplayResult(scores, losses, rank_out, topk_out, loss_total, weight_total)
+
+    def _block_arrays(self, blk: Block, w0: int, user_idx, item_idx, ts, weight, exclude, rng):
+        valid = blk.valid
+        rows = np.where(valid, blk.pos + w0, 0)
+        items = np.where(valid, item_idx[rows], 0).astype(np.int32)
+        tsb = np.where(valid, ts[rows], 0).astype(np.int64)
+        wb = np.where(valid, weight[rows], 0.0).astype(np.float32)
+        end_t, end_b = np.nonzero(blk.end)
+        end_tb = np.stack([end_t, end_b], axis=1).astype(np.int32)
+        end_users = blk.users[end_t, end_b].astype(np.int32)
+        n_steps = blk.pos.shape[0]
+        if self.spec.loss == "sampled":
+            negs = self.sample_negatives(rng, n_steps)
+        else:
+            negs = np.zeros((n_steps, 0), np.int32)
+        if exclude is not None:
+            flat_t, flat_b = np.nonzero(valid)  # row-major: grouped by step
+            owner, ex_item = exclude.pairs(blk.users[flat_t, flat_b])
+            ex_t = flat_t[owner]
+            ex_lane = flat_b[owner].astype(np.int32)
+            ex_off = np.zeros(n_steps + 1, np.int32)
+            np.cumsum(np.bincount(ex_t, minlength=n_steps), out=ex_off[1:])
+            ex_item = ex_item.astype(np.int32)
+        else:
+            ex_off = np.zeros(n_steps + 1, np.int32)
+            ex_lane = ex_item = np.zeros(0, np.int32)
+        return (blk.users.astype(np.int32), items, tsb, wb, valid, blk.start, end_tb, end_users, negs,
+                ex_off, ex_lane, ex_item)

@@ -1,0 +1,432 @@
+"""`dyembed train`: learn θ by replaying the training period, then store the users' states.
+
+One epoch = the training rows replayed from fresh users (everyone at the prior u0) through the
+dynamic rule, in blocks of t-batches (tbatch.py). Each event's loss is taken with its user's state
+*before* the event (prequential); θ takes one Adam step per block. With `train.meta` (default) the
+gradient flows through the users' own update steps inside the block — truncated backprop every
+`train.truncation` user steps, the state carried across blocks as a constant — so θ learns how a
+step should move a user (step size α, prior u0, projection P, residual E, bias b).
+
+After each epoch, a frozen-θ replay of the train + validation rows ranks the validation events
+(NDCG@val_k, seen items masked as evaluate would); the best epoch's θ and the state that replay
+ends with are kept (early stopping with `train.patience`). `state/` then holds the users after
+every train and validation row, ready for `dyembed evaluate` to replay the test rows.
+
+`resume=True` replays only rows appended since the watermark (θ frozen unless `update_global`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dyembed.config import Config, to_toml
+from dyembed.errors import ConfigError, InputDataError, StateError
+from dyembed.lock import WorkdirLock
+from dyembed.replay.io import Events, check_events, events_rows, iter_events, load_features, n_users_of, read_events
+from dyembed.replay.seen import seen_items
+from dyembed.replay.spec import RuleSpec
+from dyembed.replay.state import UserState, load_state, save_state
+from dyembed.split import TEST, TRAIN, VALIDATION, loo_split, loo_skipped_users, temporal_split
+
+log = logging.getLogger(__name__)
+Progress = Callable[[dict[str, Any]], None]
+
+
+def split_settings(cfg: Config) -> dict[str, Any]:
+    """The split protocol training uses: train.protocol, or [evaluate]'s when it is "evaluate"."""
+    protocol = cfg.train.protocol if cfg.train.protocol != "evaluate" else cfg.evaluate.protocol
+    return {"protocol": protocol, "test_fraction": cfg.evaluate.test_fraction, "test_start": cfg.evaluate.test_start,
+            "validation_fraction": cfg.train.validation_fraction if cfg.train.validation else 0.0}
+
+
+def compute_roles(user_idx: np.ndarray, ts: np.ndarray, settings: dict[str, Any], *, validation: bool = True) -> np.ndarray:
+    """Role per row (0 train, 1 validation, 2 test) under the given split settings."""
+    protocol = settings["protocol"]
+    if protocol == "none":
+        return np.zeros(len(user_idx), np.int8)
+    if protocol == "loo":
+        roles = loo_split(user_idx)
+        if not validation:
+            roles[roles == VALIDATION] = TRAIN
+        return roles
+    if protocol == "temporal":
+        return temporal_split(ts, test_fraction=settings["test_fraction"], test_start=settings["test_start"],
+                              validation_fraction=settings["validation_fraction"] if validation else 0.0)
+    raise ConfigError(f"unknown split protocol {protocol!r}")
+
+
+def mask_seen_for(cfg: Config, protocol: str) -> bool:
+    mode = cfg.evaluate.mask_seen
+    return mode == "on" or (mode == "auto" and protocol == "loo")
+
+
+def ndcg_at(ranks: np.ndarray, k: int) -> float:
+    if len(ranks) == 0:
+        return float("nan")
+    gains = np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+    return float(gains.mean())
+
+
+def _check_train_config(cfg: Config) -> None:
+    t = cfg.train
+    for key in ("epochs", "patience"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"config key 'train.{key}' must be >= 0")
+    for key in ("batch_size", "window", "truncation", "val_k"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"config key 'train.{key}' must be at least 1")
+    if t.lr < 0:
+        raise ConfigError("config key 'train.lr' must be >= 0")
+    if cfg.model.loss == "sampled" and cfg.model.num_negatives < 1:
+        raise ConfigError("config key 'model.num_negatives' must be at least 1")
+
+
+class _Scalars:
+    """TensorBoard scalars via tf.summary.write (works without the tensorboard package)."""
+
+    def __init__(self, logdir: str | None):
+        self.writer = None
+        if logdir:
+            from dyembed.envcheck import import_tensorflow
+
+            tf = import_tensorflow()
+            from tensorflow.core.framework import summary_pb2
+
+            self.tf = tf
+            self.meta = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
+            Path(logdir).mkdir(parents=True, exist_ok=True)
+            self.writer = tf.summary.create_file_writer(str(logdir))
+
+    def write(self, step: int, **values: float) -> None:
+        if self.writer is None:
+            return
+        tf = self.tf
+        with self.writer.as_default():
+            for name, value in values.items():
+                if value is not None and math.isfinite(value):
+                    tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=self.meta)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _EventSource:
+    """Windows of events.parquet rows with their roles: kept in memory when the log fits in one
+    window, otherwise streamed again from parquet every pass."""
+
+    def __init__(self, workdir: Path, window: int, start_row: int = 0):
+        self.workdir, self.window, self.start_row = workdir, window, start_row
+        self.cached: list[Events] | None = None
+        n = events_rows(workdir) - start_row
+        if n <= window:
+            self.cached = list(iter_events(workdir, start_row=start_row, chunk_rows=max(1, n)))
+
+    def __iter__(self) -> Iterator[Events]:
+        if self.cached is not None:
+            return iter(self.cached)
+        return iter_events(self.workdir, start_row=self.start_row, chunk_rows=self.window)
+
+
+def _select(ev: Events, roles: np.ndarray, keep: tuple[int, ...]) -> tuple[Events, np.ndarray]:
+    r = roles[ev.offset:ev.offset + len(ev)]
+    mask = np.isin(r, keep)
+    return ev.take(mask), r[mask]
+
+
+def train(workdir: str | Path, cfg: Config, *, resume: bool = False, update_global: bool = False,
+          progress: Progress | None = None) -> dict[str, Any]:
+    """Train θ and write `WORKDIR/state/`; returns a JSON-able summary.
+
+    progress(record) receives dicts: {"phase": "train"|"validate"|"final"|"resume", "epoch",
+    "done", "total"} during replay and {"phase": "epoch", "epoch", "loss", "val", "seconds"} after
+    each epoch.
+    """
+    from dyembed.replay.runtime import configure_runtime
+
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise InputDataError(f"work directory not found: {workdir}")
+    _check_train_config(cfg)
+    device = configure_runtime(cfg.runtime)
+    with WorkdirLock(workdir, command="train --resume" if resume else "train"):
+        if resume:
+            summary = _resume(workdir, cfg, update_global=update_global, progress=progress)
+        else:
+            if update_global:
+                raise ConfigError("--update-global only applies with --resume")
+            summary = _fit(workdir, cfg, progress=progress)
+    summary["device"] = device
+    return summary
+
+
+def _make_engine(model, spec: RuleSpec, state: UserState | None, cfg: Config, n_users: int | None = None):
+    from dyembed.replay.engine import Engine
+
+    rt = cfg.runtime
+    return Engine(model, spec, state, n_users=n_users, lr=cfg.train.lr, meta=cfg.train.meta, weight_decay=cfg.train.weight_decay,
+                  num_negatives=cfg.model.num_negatives, mixed_precision=rt.mixed_precision, jit=rt.jit,
+                  max_block_mb=rt.max_block_mb)
+
+
+EVAL_LANES = 1024  # frozen replay: lanes only change speed, never the numbers
+
+
+def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, Any]:
+    from dyembed.replay.model import Model, init_theta
+
+    started = time.perf_counter()
+    tcfg, mcfg = cfg.train, cfg.model
+    spec = RuleSpec.from_config(mcfg)
+    features = load_features(workdir)
+    n_items = features.shape[0]
+    source = _EventSource(workdir, tcfg.window)
+
+    # one streaming pass for the split and the training-item counts
+    users_all, ts_all = [], []
+    for ev in source:
+        check_events(ev, n_items, "events.parquet")
+        users_all.append(ev.user_idx)
+        ts_all.append(ev.ts)
+    if not users_all or sum(len(u) for u in users_all) == 0:
+        raise InputDataError(f"{workdir / 'events.parquet'} has no events")
+    users_cat, ts_cat = np.concatenate(users_all), np.concatenate(ts_all)
+    del users_all, ts_all
+    n_rows = len(users_cat)
+    n_users = n_users_of(workdir, users_cat.max())
+    settings = split_settings(cfg)
+    roles = compute_roles(users_cat, ts_cat, settings, validation=tcfg.validation)
+    last_ts = int(ts_cat[-1])
+    skipped = loo_skipped_users(users_cat) if settings["protocol"] == "loo" else 0
+    del users_cat, ts_cat
+    n_train = int((roles == TRAIN).sum())
+    n_val = int((roles == VALIDATION).sum())
+    if n_train == 0:
+        raise InputDataError("no training events under the split (check evaluate.protocol / test_fraction)")
+    train_items, seen_u, seen_i = [], [], []
+    for ev in source:
+        part, _ = _select(ev, roles, (TRAIN,))
+        train_items.append(part.item_idx)
+        seen_u.append(part.user_idx)
+    train_items_cat = np.concatenate(train_items)
+    seen = None
+    if n_val and mask_seen_for(cfg, settings["protocol"]):
+        seen = seen_items(n_users, np.concatenate(seen_u), train_items_cat)
+    del seen_u, seen_i, train_items
+
+    theta0 = init_theta(features, mcfg, seed=tcfg.seed, train_items=train_items_cat, neg_kind=mcfg.neg_sampling)
+    del train_items_cat
+    model = Model(features, theta0, mcfg)
+    engine = _make_engine(model, spec, None, cfg, n_users=n_users)
+    reset = lambda: engine.reset_users(seed=tcfg.seed, init_scale=mcfg.init_scale)  # noqa: E731
+    rng = np.random.default_rng(tcfg.seed)
+    scalars = _Scalars(tcfg.tensorboard)
+    use_w = mcfg.use_weights
+
+    def replay_pass(phase: str, epoch: int, keep: tuple[int, ...], *, train_mode: bool, ranks: bool):
+        total = n_train if keep == (TRAIN,) else n_train + n_val
+        loss, wsum, done = 0.0, 0.0, 0
+        val_ranks = []
+        for ev in source:
+            part, part_roles = _select(ev, roles, keep)
+            if len(part) == 0:
+                continue
+            base = done
+
+            def tick(n_done: int) -> None:
+                if progress:
+                    progress({"phase": phase, "epoch": epoch, "done": base + n_done, "total": total})
+
+            res = engine.replay(part.user_idx, part.item_idx, part.ts, part.weight if use_w else None,
+                                update=True, train=train_mode, ranks=ranks, exclude=seen if ranks else None,
+                                lanes=tcfg.batch_size if train_mode else EVAL_LANES, steps=tcfg.truncation,
+                                window=tcfg.window, rng=rng, shuffle=train_mode, progress=tick)
+            loss += res.loss_sum
+            wsum += res.weight_sum
+            done += len(part)
+            if ranks:
+                val_ranks.append(res.ranks[part_roles == VALIDATION])
+        return loss / max(wsum, 1e-12), (np.concatenate(val_ranks) if val_ranks else np.zeros(0, np.int64))
+
+    history: list[dict[str, Any]] = []
+    best = {"val": -np.inf, "epoch": 0, "theta": None}
+    stopped = "epochs"
+    bad_epochs = 0
+    train_seconds = 0.0
+    for epoch in range(1, tcfg.epochs + 1):
+        if tcfg.time_budget > 0 and time.perf_counter() - started > tcfg.time_budget:
+            stopped = "time_budget"
+            break
+        t0 = time.perf_counter()
+        reset()
+        train_loss, _ = replay_pass("train", epoch, (TRAIN,), train_mode=tcfg.lr > 0, ranks=False)
+        train_seconds += time.perf_counter() - t0
+        record: dict[str, Any] = {"epoch": epoch, "loss": round(train_loss, 5),
+                                  "alpha": float(np.mean(model.alpha())), "tau": model.temperature}
+        if n_val:
+            reset()
+            _, val_ranks = replay_pass("validate", epoch, (TRAIN, VALIDATION), train_mode=False, ranks=True)
+            val = ndcg_at(val_ranks, tcfg.val_k)
+            record[f"val_ndcg@{tcfg.val_k}"] = round(val, 5)
+            if val > best["val"]:
+                best.update(val=val, epoch=epoch, theta=model.to_numpy())
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        history.append(record)
+        scalars.write(epoch, train_loss=train_loss, val_ndcg=record.get(f"val_ndcg@{tcfg.val_k}"),
+                      alpha=record["alpha"], tau=record["tau"])
+        log.debug("epoch %d: %s", epoch, record)
+        if progress:
+            progress({"phase": "epoch", **record, "val": record.get(f"val_ndcg@{tcfg.val_k}")})
+        if not np.isfinite(train_loss):
+            stopped = "diverged"
+            break
+        if n_val and tcfg.patience and bad_epochs >= tcfg.patience:
+            stopped = "early_stopping"
+            break
+
+    # the state to keep: users after every train + validation row, replayed with the kept θ. The
+    # last validation replay already is that when the best epoch is the last one.
+    if best["theta"] is not None:
+        model.assign(best["theta"])
+    if best["theta"] is None or best["epoch"] != len(history):
+        reset()
+        replay_pass("final", len(history), (TRAIN, VALIDATION), train_mode=False, ranks=False)
+    state = engine.streamed_state()
+    scalars.close()
+
+    summary = {
+        "workdir": str(workdir),
+        "protocol": settings["protocol"],
+        "events": n_rows,
+        "train_events": n_train,
+        "validation_events": n_val,
+        "test_events": int((roles == TEST).sum()),
+        "loo_skipped_users": skipped,
+        "users": n_users,
+        "items": n_items,
+        "dim": mcfg.dim,
+        "rule": mcfg.rule,
+        "loss": mcfg.loss,
+        "epochs": tcfg.epochs,
+        "epochs_run": len(history),
+        "best_epoch": best["epoch"] or len(history),
+        "stopped": stopped,
+        "history": history,
+        "val_metric": f"ndcg@{tcfg.val_k}" if n_val else None,
+        "best_val": None if best["theta"] is None else round(float(best["val"]), 5),
+        "alpha": [float(a) for a in np.atleast_1d(model.alpha())],
+        "temperature": model.temperature,
+        "train_seconds": round(train_seconds, 3),
+        "train_events_per_second": round(n_train * len(history) / max(train_seconds, 1e-9), 1),
+    }
+    watermark = {"rows": n_rows, "last_ts": last_ts}
+    save_state(workdir, users=state, theta=model.to_numpy(), roles=roles,
+               manifest={"watermark": watermark, "n_users": state.n_users, "n_items": n_items, "dim": mcfg.dim,
+                         "feature_dim": int(features.shape[1]), "rule": mcfg.rule, "loss": mcfg.loss,
+                         "user_init": mcfg.user_init, "split": settings, "train": summary},
+               config_toml=to_toml(cfg))
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    summary["state_dir"] = str(workdir / "state")
+    summary["watermark"] = watermark
+    return summary
+
+
+def _extend_theta(theta: dict[str, np.ndarray], features: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
+    """New items appended since training: residual 0 (text only), bias = the median bias."""
+    old, new = theta["b"].shape[0], features.shape[0]
+    if new < old:
+        raise StateError(f"item_embeddings.parquet has {new} items but the state has {old}: items were removed; retrain")
+    if new == old:
+        return theta
+    theta = dict(theta)
+    extra = new - old
+    theta["b"] = np.concatenate([theta["b"], np.full(extra, np.median(theta["b"]), np.float32)])
+    if "E" in theta:
+        theta["E"] = np.concatenate([theta["E"], np.zeros((extra, theta["E"].shape[1]), np.float32)])
+    if "logq" in theta:
+        theta["logq"] = np.concatenate([theta["logq"], np.full(extra, theta["logq"].min(), np.float32)])
+    log.info("θ extended to %d new items (text features only)", extra)
+    return theta
+
+
+def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progress | None) -> dict[str, Any]:
+    """Replay rows appended since the watermark; θ frozen unless update_global."""
+    import tomllib
+
+    from dyembed.config import apply_mapping
+    from dyembed.replay.model import Model
+    from dyembed.replay.state import state_dir
+
+    started = time.perf_counter()
+    manifest, theta, users, roles = load_state(workdir, streamed=True)
+    saved = Config()
+    apply_mapping(saved, tomllib.loads((state_dir(workdir) / "config.toml").read_text(encoding="utf-8")), "state/config.toml")
+    if saved.model != cfg.model:
+        log.warning("[model] differs from the state's; --resume keeps the state's model settings")
+    cfg.model = saved.model
+    mcfg = cfg.model
+    spec = RuleSpec.from_config(mcfg)
+    watermark = manifest["watermark"]
+    n_rows = events_rows(workdir)
+    if n_rows < watermark["rows"]:
+        raise StateError(f"events.parquet has {n_rows} rows but the state already replayed {watermark['rows']}: "
+                         "the log was rewritten, not appended; train again without --resume")
+    features = load_features(workdir)
+    theta = _extend_theta(theta, features, cfg)
+    new = read_events(workdir, start_row=watermark["rows"])
+    check_events(new, features.shape[0], "events.parquet (new rows)")
+    if len(new) and new.ts[0] < watermark["last_ts"]:
+        log.warning("%d new rows start before the watermark time %d (late events are replayed in row order)",
+                    len(new), watermark["last_ts"])
+    n_users = n_users_of(workdir, max(int(new.user_idx.max()) if len(new) else 0, users.n_users - 1))
+    model = Model(features, theta, mcfg)
+    engine = _make_engine(model, spec, users, cfg, n_users=n_users)  # new users start fresh
+    del users
+    loss = float("nan")
+    if len(new):
+        res = engine.replay(new.user_idx, new.item_idx, new.ts, new.weight if mcfg.use_weights else None,
+                            update=True, train=update_global and cfg.train.lr > 0, ranks=False,
+                            lanes=cfg.train.batch_size if update_global else EVAL_LANES, steps=cfg.train.truncation,
+                            window=cfg.train.window, rng=np.random.default_rng(cfg.train.seed), shuffle=update_global,
+                            progress=(lambda d: progress({"phase": "resume", "epoch": 0, "done": d, "total": len(new)}))
+                            if progress else None)
+        loss = res.loss_sum / max(res.weight_sum, 1e-12)
+    state = engine.streamed_state()
+    new_roles = np.concatenate([roles, np.zeros(n_rows - len(roles), np.int8)]) if n_rows > len(roles) else roles
+    new_mark = {"rows": n_rows, "last_ts": int(new.ts[-1]) if len(new) else watermark["last_ts"]}
+    seconds = time.perf_counter() - started
+    summary = {
+        "workdir": str(workdir),
+        "resumed": True,
+        "update_global": update_global,
+        "new_events": len(new),
+        "users": state.n_users,
+        "items": int(features.shape[0]),
+        "loss": None if not math.isfinite(loss) else round(loss, 5),
+        "events_per_second": round(len(new) / max(seconds, 1e-9), 1),
+        "previous_watermark": watermark,
+        "watermark": new_mark,
+    }
+    train_info = dict(manifest.get("train", {}))
+    train_info["resumes"] = train_info.get("resumes", []) + [
+        {k: summary[k] for k in ("new_events", "update_global", "loss", "watermark")}]
+    save_state(workdir, users=state, theta=model.to_numpy(), roles=new_roles,
+               manifest={"watermark": new_mark, "n_users": state.n_users, "n_items": int(features.shape[0]),
+                         "dim": mcfg.dim, "feature_dim": int(features.shape[1]), "rule": mcfg.rule, "loss": mcfg.loss,
+                         "user_init": mcfg.user_init, "split": manifest.get("split"), "train": train_info},
+               config_toml=to_toml(cfg))
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    summary["state_dir"] = str(workdir / "state")
+    return summary
