@@ -190,6 +190,25 @@ def model_table(report: dict[str, Any]) -> list[str]:
     return rows
 
 
+def summary_table(results: dict[str, Any]) -> list[str]:
+    """One line per dataset × protocol: dyembed against the best baseline, NDCG@10 with 95 % CI."""
+    rows = ["## Summary (NDCG@10, per event, 95 % CI over users)", "",
+            "| dataset | protocol | masked | dyembed | best baseline | dyembed vs it |", "|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        for protocol, pr in res.get("protocols", {}).items():
+            models = pr["report"]["models"]
+            base = {m: r for m, r in models.items() if m != "dyembed" and r["per_event"]["ndcg@10"] is not None}
+            if "dyembed" not in models or not base:
+                continue
+            best = max(base, key=lambda m: base[m]["per_event"]["ndcg@10"])
+            d, b = models["dyembed"]["per_event"]["ndcg@10"], base[best]["per_event"]["ndcg@10"]
+            lift = "–" if not b else f"{100 * (d - b) / b:+.0f}%"
+            masked = "yes" if pr["report"]["masking"]["seen_masked"] else "no"
+            rows.append(f"| {name} | {protocol} | {masked} | {_cell(models['dyembed'], 'ndcg@10', True)} | "
+                        f"{best} {_cell(base[best], 'ndcg@10', True)} | {lift} |")
+    return rows + [""]
+
+
 def render(results: dict[str, Any], command: str, started: str, seconds: float) -> str:
     import numpy as np
     import tensorflow as tf
@@ -204,9 +223,11 @@ def render(results: dict[str, Any], command: str, started: str, seconds: float) 
         "Metric definitions, protocols, tie handling (pessimistic) and baselines: [metrics.md](metrics.md). "
         "All numbers are full-ranking (every item of the catalogue is a candidate), per-event averages; "
         "95 % intervals are a bootstrap over users. `pop%@10` is the mean popularity percentile of the "
-        "top-10 (50 = neutral). Lifts are relative to the per-event NDCG@10 of `static` and `pop`.",
+        "top-10 (50 = neutral). Lifts are relative to the per-event NDCG@10 of `static` and `pop`. "
+        "Wall times were taken on a 2-core machine shared with other jobs: read them as upper bounds.",
         "",
     ]
+    out += summary_table(results)
     for name, res in results.items():
         out += [f"## {name}", ""]
         if "error" in res:

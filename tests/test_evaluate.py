@@ -214,6 +214,7 @@ def test_temporal_report_prequential_and_frozen(temporal_workdir, out_dir):
     frozen = dump[dump.model == "frozen"].reset_index(drop=True)
     assert (dyn.ts >= report["split"]["cut_ts"]).all() and len(dyn) == report["counts"]["test_events"]
     assert report["counts"]["test_users"] < report["counts"]["test_events"]  # users with several test events
+    assert report["counts"]["validation_events"] > 0  # carved out of the pre-cut rows as train does
     # a user's first test event is scored with the same state (the one at the cut) by both …
     first = ~dyn.duplicated("user_id")
     assert (dyn["rank"][first] == frozen["rank"][first]).all()

@@ -105,3 +105,12 @@ def test_masking_removes_seen_items_but_never_the_target():
         assert not (user_seen - {target}) & set(top_on[n].tolist())
         above = [j for j in range(log.n_items) if j != target and counts[j] >= counts[target] and j not in user_seen]
         assert r_on[n] == 1 + len(above)
+
+
+def test_score_blocks_stay_under_the_memory_cap():
+    from dyembed.evaluate.baselines import block_size
+
+    for n_items, cap_mb in [(1_000_000, 64.0), (10_000, 64.0), (50, 1.0), (3_000_000, 8.0)]:
+        b = block_size(n_items, cap_mb)
+        assert b >= 1 and (b == 1 or b * n_items * 16 <= cap_mb * 2**20)  # float64 scores + mask/copy
+    assert block_size(1_000_000, 64.0) == 4

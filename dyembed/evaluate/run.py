@@ -102,7 +102,10 @@ def check_config(ev: EvaluateConfig) -> list[str]:
     return [b for b in bl.ALL_BASELINES if b in ev.baselines]
 
 
-def make_roles(log_: bl.EventLog, ev: EvaluateConfig) -> tuple[np.ndarray, dict[str, Any]]:
+def make_roles(log_: bl.EventLog, ev: EvaluateConfig, validation_fraction: float = 0.0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Role per row (0 train, 1 validation, 2 test) and split facts; for temporal, the validation
+    rows (the last `validation_fraction` of the rows before the cut, as `train` carves them) are
+    history like the train rows and only change the counts."""
     from dyembed import split
 
     if len(log_) == 0:
@@ -111,7 +114,7 @@ def make_roles(log_: bl.EventLog, ev: EvaluateConfig) -> tuple[np.ndarray, dict[
         roles = split.loo_split(log_.user_idx)
         return roles, {"skipped_users": split.loo_skipped_users(log_.user_idx)}
     roles = split.temporal_split(log_.ts, test_fraction=None if ev.test_start is not None else ev.test_fraction,
-                                 test_start=ev.test_start)
+                                 test_start=ev.test_start, validation_fraction=validation_fraction)
     test = roles == 2
     cut = int(log_.ts[test].min()) if test.any() else (int(ev.test_start) if ev.test_start is not None else None)
     return roles, {"cut_ts": cut, "test_fraction": None if ev.test_start is not None else ev.test_fraction,
@@ -211,7 +214,7 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
     baselines = check_config(ev)
     ks = sorted(set(int(k) for k in ev.ks))
     log_ = load_event_log(workdir)
-    roles, split_info = make_roles(log_, ev)
+    roles, split_info = make_roles(log_, ev, cfg.train.validation_fraction if cfg.train.validation else 0.0)
     test_rows = np.flatnonzero(roles == 2)
     if test_rows.size == 0:
         where = (f"no user has 3 or more events ({split_info['skipped_users']} users skipped)" if ev.protocol == "loo"
