@@ -65,13 +65,15 @@ class WorkdirLock:
             return {}
 
     def acquire(self) -> "WorkdirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         key = self.path.resolve()
         if _HELD.get(key):
             _HELD[key] += 1
             self._reentered = True
             return self
         self._reentered = False
+        # a run that fails in a fresh directory should leave nothing behind, not just a lock file
+        self._created_dir = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+", encoding="utf-8")
         deadline = time.monotonic() + self.wait
         while True:
@@ -115,6 +117,9 @@ class WorkdirLock:
         self._fh.seek(0)
         self._fh.truncate()
         self._fh.flush()
+        if self._created_dir and [p.name for p in self.path.parent.iterdir()] == [LOCK_NAME]:
+            self.path.unlink()  # still under our flock, so no other run is using the directory
+            self.path.parent.rmdir()
         fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
         self._fh.close()
         self._fh = None

@@ -78,3 +78,14 @@ def test_reentrant_within_one_process(tmp_path):
             pass
         assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "update"  # still held
     assert (tmp_path / LOCK_NAME).read_text() == ""
+
+
+def test_failed_run_in_a_fresh_directory_leaves_nothing(tmp_path):
+    workdir = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        with WorkdirLock(workdir):
+            raise RuntimeError("step failed before writing anything")
+    assert not workdir.exists()
+    with WorkdirLock(workdir):
+        (workdir / "events.parquet").write_text("x")
+    assert sorted(p.name for p in workdir.iterdir()) == [LOCK_NAME, "events.parquet"]

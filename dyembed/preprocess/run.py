@@ -33,6 +33,7 @@ from dyembed import __version__
 from dyembed.artefacts import SCHEMA_VERSION, atomic_path, file_record, read_json
 from dyembed.config import Config, DataConfig, to_toml
 from dyembed.errors import ConfigError, InputDataError
+from dyembed.lock import WorkdirLock
 from dyembed.preprocess import filters
 from dyembed.preprocess.formats import ItemsData, Plan, make_plan
 from dyembed.preprocess.validate import (
@@ -261,6 +262,11 @@ def preprocess(
     ids). `allow_late` (drop | keep | clamp, default data.allow_late) handles appended events
     older than the stored watermark. `progress(rows_read)` is called after each chunk.
     """
+    with WorkdirLock(workdir, command="preprocess", wait=cfg.runtime.lock_wait):
+        return _preprocess(workdir, cfg, append=append, allow_late=allow_late, progress=progress)
+
+
+def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: str | None, progress: Progress | None) -> dict[str, Any]:
     started = time.perf_counter()
     workdir = Path(workdir)
     data = cfg.data
