@@ -22,6 +22,7 @@ The reference rate is a 2048³ float32 matmul measured in the same run.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -39,7 +40,16 @@ SHARED = Path(os.environ.get("DYEMBED_SHARED", REPO.parent / "shared"))
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak RSS of this process (VmHWM; ru_maxrss would include a parent's peak across fork+exec)."""
+    value = _status_mb("VmHWM")
+    return value if value == value else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
 def matmul_rate(tf, n: int = 2048, reps: int = 8) -> float:
@@ -150,9 +160,11 @@ def bench_naive(tf, engine, ev, n: int) -> dict:
     return {"events": n, "events_per_s": n / secs}
 
 
-def synth_log(n_users: int, n_items: int, n_events: int, seed: int = 0):
+def synth_log(n_users: int, n_items: int, n_events: int, seed: int = 0, user_exponent: float = 0.5):
+    """Zipf users (exponent 0.5: the busiest user has ~0.16 % of 5M events, i.e. ~8k events, which
+    bounds the number of sequential steps) and Zipf items (exponent 1), uniform times over 90 days."""
     rng = np.random.default_rng(seed)
-    user_w = 1.0 / np.arange(1, n_users + 1) ** 0.8
+    user_w = 1.0 / np.arange(1, n_users + 1) ** user_exponent
     item_w = 1.0 / np.arange(1, n_items + 1) ** 1.0
     users = np.searchsorted(np.cumsum(user_w / user_w.sum()), rng.random(n_events)).astype(np.int32)
     items = np.searchsorted(np.cumsum(item_w / item_w.sum()), rng.random(n_events)).astype(np.int32)
@@ -173,7 +185,8 @@ def bench_synth(tf, rate: float, n_users: int, n_items: int, n_events: int, trai
     d = 64
     engine, fresh = make_engine(X, items, dim=d, rule="adam", loss="sampled", negatives=negatives, n_users=n_users, lr=0.01)
     out = {"users": n_users, "items": n_items, "events": n_events, "dim": d, "negatives": negatives,
-           "rule": "adam", "generate_seconds": gen_secs}
+           "rule": "adam", "generate_seconds": gen_secs, "busiest_user_events": int(np.bincount(users).max()),
+           "busiest_user_events_in_train_prefix": int(np.bincount(users[:train_events]).max())}
     m = min(train_events, n_events)
     engine.replay(users[:20_000], items[:20_000], ts[:20_000], train=True, lanes=lanes, steps=steps, rng=rng)  # trace
     engine.set_state(fresh)
@@ -192,41 +205,49 @@ def bench_synth(tf, rate: float, n_users: int, n_items: int, n_events: int, trai
     return out
 
 
-def memory_check(n_users: int = 1_000_000, dim: int = 64, n_items: int = 10_000, events: int = 200_000) -> dict:
-    """1M users × d=64 with Adam slots: the user table on the device plus a replay; peak RSS."""
+def _memory_setup(n_users: int, dim: int, n_items: int, events: int):
     from dyembed.envcheck import import_tensorflow
 
     import_tensorflow()
     from dyembed.config import ModelConfig
-    from dyembed.replay.engine import Engine
     from dyembed.replay.model import Model, init_theta
     from dyembed.replay.spec import RuleSpec
 
-    base = peak_rss_mb()
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n_items, 384)).astype(np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     cfg = ModelConfig(dim=dim, rule="adam", loss="sampled", num_negatives=512)
     users, items, ts = synth_log(n_users, n_items, events)
     theta = init_theta(X, cfg, train_items=items)
-    model = Model(X, theta, cfg)
-    spec = RuleSpec.from_config(cfg)
-    engine = Engine(model, spec, None, n_users=n_users, lr=0.0, num_negatives=512)  # table built on the device
-    engine.replay(users, items, ts, lanes=4096, steps=25, rng=rng)
-    after_replay = peak_rss_mb()
+    return Model(X, theta, cfg), RuleSpec.from_config(cfg), (users, items, ts), rng
+
+
+def memory_check(state_dir: Path, *, load: bool, n_users: int = 1_000_000, dim: int = 64, n_items: int = 10_000,
+                 events: int = 200_000) -> dict:
+    """1M users × d=64 with Adam slots: the user table on the device plus a replay; peak RSS.
+
+    Stage 1 (load=False): fresh table built on the device, replay, save the state (streamed).
+    Stage 2 (load=True, a new process): read that state back chunk by chunk, replay again."""
+    from dyembed.replay.engine import Engine
     from dyembed.replay.state import load_state, save_state
 
-    with tempfile.TemporaryDirectory() as tmp:  # save the state (streamed) and read it back into an engine
-        save_state(tmp, users=engine.streamed_state(), theta=model.to_numpy(), roles=np.zeros(events, np.int8),
-                   manifest={"watermark": {"rows": events, "last_ts": int(ts[-1])}}, config_toml="")
-        after_save = peak_rss_mb()
-        del engine
-        _, _, streamed, _ = load_state(tmp, streamed=True)
+    model, spec, (users, items, ts), rng = _memory_setup(n_users, dim, n_items, events)
+    base = peak_rss_mb()
+    if load:
+        _, _, streamed, _ = load_state(state_dir, streamed=True)
         engine = Engine(model, spec, streamed, lr=0.0, num_negatives=512)
-    table_mb = n_users * dim * 4 * 3 / 2**20
-    return {"users": n_users, "dim": dim, "rule": "adam", "events_replayed": events, "user_table_mb": table_mb,
-            "rss_after_tf_import_mb": base, "peak_rss_after_replay_mb": after_replay,
-            "peak_rss_after_save_mb": after_save, "peak_rss_mb": peak_rss_mb()}
+    else:
+        engine = Engine(model, spec, None, n_users=n_users, lr=0.0, num_negatives=512)  # table built on the device
+    after_table = peak_rss_mb()
+    engine.replay(users, items, ts, lanes=4096, steps=25, rng=rng)
+    out = {"stage": "load+replay" if load else "create+replay+save", "users": n_users, "dim": dim, "rule": "adam",
+           "events_replayed": events, "user_table_mb": n_users * dim * 4 * 3 / 2**20,
+           "rss_before_table_mb": base, "peak_rss_after_table_mb": after_table, "peak_rss_after_replay_mb": peak_rss_mb()}
+    if not load:
+        save_state(state_dir, users=engine.streamed_state(), theta=model.to_numpy(), roles=np.zeros(events, np.int8),
+                   manifest={"watermark": {"rows": events, "last_ts": int(ts[-1])}}, config_toml="")
+    out.update(peak_rss_mb=peak_rss_mb(), rss_file_mb=_status_mb("RssFile"), rss_anon_mb=_status_mb("RssAnon"))
+    return out
 
 
 def main() -> None:
@@ -242,13 +263,18 @@ def main() -> None:
     ap.add_argument("--skip-synth", action="store_true")
     ap.add_argument("--skip-ml100k", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-only", action="store_true", help="only the 1M-user memory check")
+    ap.add_argument("--memory-stage", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="write the figures as JSON here")
     args = ap.parse_args()
 
-    if args.memory_only:
-        print(json.dumps(memory_check()))
+    if args.memory_stage:
+        stage, directory = args.memory_stage
+        print(json.dumps(memory_check(Path(directory), load=stage == "load")))
         return
+    report: dict = {}
+    if args.memory_only:
+        args.skip_ml100k = args.skip_synth = True
     from dyembed.envcheck import import_tensorflow
 
     tf = import_tensorflow()
@@ -272,9 +298,17 @@ def main() -> None:
               f"frozen {s['frozen']['events_per_s']:,.0f} ev/s ({s['frozen']['fraction_of_matmul']:.1%}) · "
               f"peak RSS {s['peak_rss_mb']:,.0f} MB", flush=True)
     if not args.skip_memory:
-        proc = subprocess.run([sys.executable, __file__, "--memory-only"], capture_output=True, text=True, check=True)
-        report["memory_1m_users"] = mem = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"1M users × d=64 adam: user table {mem['user_table_mb']:.0f} MB, peak RSS {mem['peak_rss_mb']:,.0f} MB", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            stages = []
+            for stage in ("create", "load"):
+                proc = subprocess.run([sys.executable, __file__, "--memory-stage", stage, tmp], capture_output=True,
+                                      text=True, check=True)
+                stages.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        report["memory_1m_users"] = stages
+        for mem in stages:
+            print(f"1M users × d=64 adam ({mem['stage']}): user table {mem['user_table_mb']:.0f} MB, peak RSS "
+                  f"{mem['peak_rss_mb']:,.0f} MB (of which shared-library pages {mem['rss_file_mb']:,.0f} MB; "
+                  f"before the table {mem['rss_before_table_mb']:,.0f} MB)", flush=True)
     report["peak_rss_mb"] = peak_rss_mb()
     report["machine"]["load_avg_at_end"] = os.getloadavg()
     if args.json:

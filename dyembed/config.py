@@ -226,6 +226,8 @@ class RuntimeConfig:
     jit: bool = False
     # seconds to wait for another run's lock on the work directory (0: fail at once, exit 4)
     lock_wait: float = 0.0
+    # previous state versions kept beside state/ (state.prev, state.prev.2, …) for rollback
+    keep_states: int = 1
 
 
 @dataclass

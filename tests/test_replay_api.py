@@ -158,3 +158,15 @@ def test_init_theta_starts_at_popularity():
     theta = init_theta(features(4, 5), cfg, train_items=items)
     assert np.argsort(-theta["b"]).tolist()[:3] == [0, 2, 1]
     assert theta["P"].shape == (5, cfg.dim) and theta["E"].shape == (4, cfg.dim)
+
+
+def test_a_state_with_more_users_gets_a_fresh_table(trained):
+    """States of another size (e.g. after new users arrived) rebuild the table and its compiled steps."""
+    bigger = trained.state.grown(N_USERS + 3, UserState.fresh(N_USERS + 3, 6, 2, u0=trained.prior()))
+    users = np.array([N_USERS + 2, 1, N_USERS + 2], np.int32)
+    items = np.array([4, 5, 6], np.int32)
+    out = replay_ranks(trained, users, items, np.array([1, 2, 3]), update=True, state=bigger)
+    assert out.state.n_users == N_USERS + 3 and out.state.count[N_USERS + 2] == 2
+    np.testing.assert_array_equal(out.ranks[:2], brute_ranks(trained, bigger.U, users[:2], items[:2], None))
+    back = replay_ranks(trained, users[1:2], items[1:2], np.array([2]), update=False)  # original size again
+    assert back.ranks[0] == out.ranks[1]

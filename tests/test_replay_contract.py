@@ -247,3 +247,16 @@ def test_state_save_load_round_trip(world, tmp_path):
         fh.write(b"\x00\x01\x02\x03")
     with pytest.raises(StateError, match="checksum"):
         load_state(tmp_path)
+
+
+def test_mixed_precision_stays_close_to_the_reference():
+    """runtime.mixed_precision: bfloat16 matmuls on CPU; states within bfloat16 rounding."""
+    from dyembed.replay.engine import Engine
+
+    w = _WORLDS.get(("sgd", "full")) or _WORLDS.setdefault(("sgd", "full"), World("sgd", "full"))
+    engine = Engine(w.model, w.spec, w.state0, lr=0.0, mixed_precision=True)
+    n = 150
+    res = engine.replay(w.users[:n], w.items[:n], w.ts[:n], w.weight[:n], ranks=True, lanes=3, steps=7)
+    ref_state, scores, _, _ = w.reference(None, w.users[:n], w.items[:n], w.ts[:n], w.weight[:n], exclude=None)
+    np.testing.assert_allclose(engine.get_state().U, ref_state.U, rtol=0.05, atol=0.02)
+    np.testing.assert_allclose(res.scores, scores, rtol=0.05, atol=0.05)

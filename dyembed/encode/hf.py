@@ -185,7 +185,7 @@ def load_tokenizer(model_dir: Path):
         raise InputDataError(f"model dir {model_dir} has no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, and the tokenizers library's own errors
         raise InputDataError(f"tokenizer in {model_dir} cannot be loaded: {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         # decoder-only models (GPT-2, …): pad with EOS; padding is masked out of every pooling

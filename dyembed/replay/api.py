@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dyembed.config import Config, ModelConfig, apply_mapping
+from dyembed.config import Config, apply_mapping
 from dyembed.replay.seen import SeenItems, seen_items
 from dyembed.replay.spec import RuleSpec
 from dyembed.replay.state import UserState, load_state, state_dir
@@ -207,7 +207,3 @@ def fit_static_users(trained: Trained, user_idx: np.ndarray, item_idx: np.ndarra
             rows = perm[lo:lo + lanes]
             step(tf.constant(user_idx[rows]), tf.constant(item_idx[rows]))
     return U.numpy()
-
-
-def model_config_of(trained: Trained) -> ModelConfig:
-    return trained.config.model

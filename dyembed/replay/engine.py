@@ -122,7 +122,6 @@ class Engine:
             self.n_users = int(n_users)
             self._make_table(UserState.fresh(0, self.dim, self.n_slots), self.n_users)
         self.optimizer = ThetaAdam(tf, model.trainable, lr) if lr > 0 else None
-        self._functions: dict[tuple, Callable] = {}
         if model.logq is not None:
             q = np.exp(model.logq.numpy().astype(np.float64))
             self._neg_cdf = np.cumsum(q / q.sum())
@@ -141,6 +140,7 @@ class Engine:
             raise ValueError(f"state has {state.slots.shape[0]} slot arrays, rule {self.spec.rule} needs {self.n_slots}")
         n = max(n_old, n_users or 0)
         self.n_users = n
+        self._functions = {}  # compiled steps capture the table's variables: retrace for new ones
         in_memory = isinstance(state.U, np.ndarray) and n == n_old
         if in_memory:
             self.U = tf.Variable(state.U.astype(np.float32, copy=False), trainable=False)
@@ -163,6 +163,8 @@ class Engine:
     def _fill(self, variables: list, source, rows_each: int) -> None:
         """Copy a (streamed) array, viewed as consecutive blocks of `rows_each` rows, into variables."""
         tf = self.tf
+        if not variables or rows_each == 0:
+            return
         chunks = source.chunks() if hasattr(source, "chunks") else [np.asarray(source)]
         width = int(variables[0].shape[1]) if len(variables[0].shape) > 1 else 1
         pos = 0
@@ -473,10 +475,6 @@ class Engine:
         rng = rng or np.random.default_rng(0)
         if ranks or topk > 0 or self.spec.loss == "full":
             lanes = self.rank_lanes(lanes)
-        if not train and n:
-            # frozen: lanes only change speed; more lanes than n / longest sequence just adds padding
-            longest = int(np.bincount(user_idx).max())
-            lanes = max(1, min(lanes, -(-n // longest) if n <= window else lanes))
         fn = self._function(update=update, train=train, ranks=ranks, topk=int(topk), exclude=exclude is not None)
         scores = np.zeros(n, np.float32)
         losses = np.zeros(n, np.float32)
@@ -484,7 +482,10 @@ class Engine:
         topk_out = np.zeros((n, topk), np.int32) if topk > 0 else None
         loss_total, weight_total, done = 0.0, 0.0, 0
         for w0, w1 in windows(n, window):
-            blocks = lane_layout(user_idx[w0:w1], lanes, steps, rng=rng if shuffle else None)
+            # a window takes >= its longest user sequence in steps: lanes beyond n / longest only pad
+            longest = int(np.bincount(user_idx[w0:w1]).max())
+            lanes_w = max(1, min(lanes, -(-(w1 - w0) // longest)))
+            blocks = lane_layout(user_idx[w0:w1], lanes_w, steps, rng=rng if shuffle else None)
             for blk in blocks:
                 args = self._block_arrays(blk, w0, user_idx, item_idx, ts, weight, exclude, rng)
                 if negatives_out is not None and self.spec.loss == "sampled":

@@ -108,7 +108,7 @@ class StreamedArray:
 
 
 def npy_chunks(path: Path, rows: int = 65_536) -> StreamedArray:
-    """A .npy file as a StreamedArray (reads `rows` leading-axis rows at a time)."""
+    """A .npy file as a StreamedArray: flat C-order chunks of `rows` × shape[-1] items."""
     with open(path, "rb") as fh:
         version = np.lib.format.read_magic(fh)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -116,7 +116,7 @@ def npy_chunks(path: Path, rows: int = 65_536) -> StreamedArray:
         offset = fh.tell()
     if fortran:
         raise StateError(f"{path}: Fortran-ordered arrays are not supported")
-    row_items = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    row_items = int(shape[-1]) if len(shape) > 1 else 1  # chunks of `rows` last-axis rows, in C order
 
     def gen() -> Iterator[np.ndarray]:
         total = int(np.prod(shape))

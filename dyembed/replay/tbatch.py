@@ -7,7 +7,7 @@ when θ is frozen (users are independent given θ).
 The layout works on a *window* of consecutive event rows at a time (the window bounds how far a
 batch reaches ahead; state carries over between windows). Inside a window every user's events
 form one sequence; sequences are packed into `lanes` lanes (longest first, each onto the least
-loaded lane), so a lane is a few users' sequences back to back. Step t of every lane together is
+loaded lane: LPT scheduling), so a lane is a few users' sequences back to back. Step t of every lane together is
 one t-batch (a user occupies one lane, so it appears at most once per step). Steps are cut into
 blocks of `steps` t-batches; the engine runs one block per compiled call and, when training,
 backpropagates through the users' updates inside the block only (truncation = `steps`).
@@ -41,20 +41,21 @@ class Block:
 
 
 def assign_lanes(sizes: np.ndarray, lanes: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(lane, offset) per sequence: longest sequences first, each round of `lanes` sequences
-    matched largest-to-least-loaded, which keeps lanes within one sequence length of each other.
+    """(lane, offset) per sequence by LPT scheduling: longest sequences first, each onto the least
+    loaded lane, so the longest lane exceeds the average by less than one sequence.
     `rng` shuffles the order of users with equal length and the order of sequences inside a lane."""
+    import heapq
+
     n = len(sizes)
     lanes = max(1, min(lanes, n)) if n else 1
     tiebreak = rng.permutation(n) if rng is not None else np.arange(n)
     order = np.lexsort((tiebreak, -sizes))  # by size descending
     lane = np.empty(n, np.int64)
-    load = np.zeros(lanes, np.int64)
-    for start in range(0, n, lanes):
-        chunk = order[start:start + lanes]
-        targets = np.argsort(load, kind="stable")[: len(chunk)]
-        lane[chunk] = targets
-        np.add.at(load, targets, sizes[chunk])
+    heap = [(0, k) for k in range(lanes)]  # (load, lane)
+    for idx, size in zip(order.tolist(), sizes[order].tolist()):
+        load, k = heapq.heappop(heap)
+        lane[idx] = k
+        heapq.heappush(heap, (load + size, k))
     # position of each sequence inside its lane: assignment order, or shuffled
     rank_key = rng.permutation(n) if rng is not None else np.argsort(order, kind="stable")
     by_lane = np.lexsort((rank_key, lane))
@@ -86,7 +87,7 @@ def lane_layout(users: np.ndarray, lanes: int, steps: int, rng: np.random.Genera
     ev_lane = np.repeat(lane, sizes)
     total_steps = int(step.max()) + 1
     n_blocks = -(-total_steps // steps)
-    grid_pos = np.full((n_blocks * steps, n_lanes), PAD, np.int64)
+    grid_pos = np.full((total_steps, n_lanes), PAD, np.int64)  # the last block may be shorter
     grid_pos[step, ev_lane] = order
     grid_users = np.zeros_like(grid_pos, dtype=np.int32)
     grid_users[step, ev_lane] = sorted_users
