@@ -3,14 +3,17 @@
 Workloads: the 1,682 ml-100k titles (u.item, latin-1) and N synthetic ~60-word descriptions
 (default 20,000; seeded, topic words + filler words, 50–70 words each).
 
-Each encoder: load the model, warm up on the first 256 texts, then time one pass over all texts
-(items/s). dyembed runs `HFEncoder` exactly as `dyembed encode` does (length-sorted batches padded
-to a multiple of 8, one compiled forward). sentence-transformers runs in this process when it is
+dyembed runs `HFEncoder` exactly as `dyembed encode` does (length-sorted batches padded to a
+multiple of 8, one compiled forward). sentence-transformers runs in this process when it is
 importable, else in the interpreter given by --st-python (a separate virtualenv with torch; this
-file's `--half st` mode needs only numpy + sentence-transformers), in the same run, alternating
-with dyembed workload by workload (so both see the machine in the same state). Both halves
-save their vectors, and the driver prints items/s, the ratio dyembed / sentence-transformers, and
-the per-item cosine between the two encoders' vectors (the reference check: min cosine ≥ 0.9999).
+file's `--half st` mode needs only numpy + sentence-transformers), in the same run. The two
+encoders alternate block by block (--block texts each), so both see the machine in the same
+state; each block is preceded by a warm-up on its first 256 texts (not timed).
+
+Reported per workload: items/s (wall clock), items per CPU-second (user + system time of the
+encoding process: less disturbed when other jobs share the machine), dyembed's achieved matmul
+GFLOP/s, the ratios dyembed / sentence-transformers, and the per-item cosine between the two
+encoders' vectors (the reference check: min cosine ≥ 0.9999) with the largest absolute deviation.
 
     /work/venv/bin/python bench/bench_encode.py                      # both halves, defaults
     /work/venv/bin/python bench/bench_encode.py --n-synth 2000       # quicker
@@ -63,6 +66,12 @@ def synthetic_descriptions(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process: a figure that other jobs on the machine disturb less."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited over fork+exec)."""
     try:
@@ -95,18 +104,28 @@ def dyembed_run(encoder, name: str, texts: list[str], out: Path) -> dict:
     t0 = time.perf_counter()
     encoder.encode(texts[:WARMUP])
     warmup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     vectors = encoder.encode(texts)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     np.save(out / f"dyembed-{name}.npy", vectors)
     lengths = [len(x) for x in encoder.tokenize(texts)]
     batches = plan_batches(lengths, encoder.batch_size, encoder.max_length)
     padded = sum(len(idx) * width for idx, width in batches)
     # matmul FLOPs of one forward: per token 2·layers·(4d² + 2d·ffn), attention 4·layers·L·d per token
     flops = sum((2 * layers * (4 * d * d + 2 * d * ffn) + 4 * layers * w * d) * w * len(idx) for idx, w in batches)
-    return {"items": len(texts), "warmup_seconds": warmup, "seconds": seconds, "items_per_second": len(texts) / seconds,
-            "mean_tokens": float(np.mean(lengths)), "padding_fraction": 1 - sum(lengths) / padded,
-            "gflops_per_second": flops / seconds / 1e9}
+    return {"items": len(texts), "warmup_seconds": warmup, "seconds": seconds, "cpu_seconds": cpu,
+            "tokens": sum(lengths), "padded_tokens": padded, "flops": flops}
+
+
+def combine(parts: list[dict]) -> dict:
+    """Sum the blocks of one workload; rates are totals over totals."""
+    total = {k: sum(p[k] for p in parts) for k in ("items", "seconds", "cpu_seconds", "warmup_seconds")}
+    for k in ("tokens", "padded_tokens", "flops"):
+        if k in parts[0]:
+            total[k] = sum(p[k] for p in parts)
+    total["items_per_second"] = total["items"] / total["seconds"]
+    total["items_per_cpu_second"] = total["items"] / total["cpu_seconds"]
+    return total
 
 
 _ST_MODEL: dict = {}
@@ -129,11 +148,11 @@ def st_run(args, name: str, texts: list[str], out: Path) -> dict:
     t0 = time.perf_counter()
     model.encode(texts[:WARMUP], batch_size=args.batch_size)
     warmup = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     vectors = model.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     np.save(out / f"st-{name}.npy", vectors.astype(np.float32))
-    return {"items": len(texts), "warmup_seconds": warmup, "seconds": seconds, "items_per_second": len(texts) / seconds,
+    return {"items": len(texts), "warmup_seconds": warmup, "seconds": seconds, "cpu_seconds": cpu,
             "load_seconds": _ST_MODEL["load_seconds"], "torch": torch.__version__, "threads": torch.get_num_threads(),
             "sentence_transformers": sentence_transformers.__version__, "max_length": model.max_seq_length,
             "peak_rss_mb": peak_rss_mb()}
@@ -168,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--n-synth", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--block", type=int, default=2000, help="texts per alternation between the two encoders")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="0: the library's default (all cores)")
     parser.add_argument("--jit", action="store_true", help="XLA-compile one forward per bucket shape")
@@ -186,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     workloads = {"ml100k-titles": ml100k_titles(), f"synth-{args.n_synth}-60w": synthetic_descriptions(args.n_synth)}
-    (args.out / "texts.json").write_text(json.dumps(workloads))
     print(f"machine: {os.cpu_count()} cpus, float32 matmul {matmul_gflops():.0f} GFLOP/s (numpy), "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     encoder, load_seconds = dyembed_load(args)
@@ -204,20 +223,30 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {"dyembed": {"load_seconds": load_seconds, "max_length": encoder.max_length, "workloads": {}},
                "sentence_transformers": {}, "comparison": {}, "load_average_start": os.getloadavg()}
-    # the two encoders alternate per workload, so both see the machine in the same state
-    for name, texts in workloads.items():
-        summary["dyembed"]["workloads"][name] = dyembed_run(encoder, name, texts, args.out)
-        print(f"  dyembed {name}: {summary['dyembed']['workloads'][name]['items_per_second']:.1f} items/s", flush=True)
-        if how == "in this process":
-            summary["sentence_transformers"][name] = st_run(args, name, texts, args.out)
-        elif how:
-            cmd = [str(args.st_python), __file__, "--half", "st", "--only", name, "--out", str(args.out),
-                   "--model", str(args.model), "--batch-size", str(args.batch_size),
-                   "--st-max-length", str(encoder.max_length), "--threads", str(args.threads)]
-            subprocess.run(cmd, check=True)
-            summary["sentence_transformers"][name] = json.loads((args.out / f"st-{name}.json").read_text())
-        if name in summary["sentence_transformers"]:
-            print(f"  sentence-transformers {name}: {summary['sentence_transformers'][name]['items_per_second']:.1f} items/s", flush=True)
+    # the two encoders alternate block by block (--block texts), so both see the machine in the same state
+    blocks = {name: [(f"{name}.{k}", texts[i:i + args.block]) for k, i in enumerate(range(0, len(texts), args.block))]
+              for name, texts in workloads.items()}
+    (args.out / "texts.json").write_text(json.dumps({b: t for parts in blocks.values() for b, t in parts}))
+    for name, parts in blocks.items():
+        mine, theirs = [], []
+        for block, texts in parts:
+            mine.append(dyembed_run(encoder, block, texts, args.out))
+            if how == "in this process":
+                theirs.append(st_run(args, block, texts, args.out))
+            elif how:
+                cmd = [str(args.st_python), __file__, "--half", "st", "--only", block, "--out", str(args.out),
+                       "--model", str(args.model), "--batch-size", str(args.batch_size),
+                       "--st-max-length", str(encoder.max_length), "--threads", str(args.threads)]
+                subprocess.run(cmd, check=True)
+                theirs.append(json.loads((args.out / f"st-{block}.json").read_text()))
+            print(f"  {block}: dyembed {len(texts) / mine[-1]['seconds']:.1f} items/s"
+                  + (f", sentence-transformers {len(texts) / theirs[-1]['seconds']:.1f} items/s" if theirs else "")
+                  + f" (load average {os.getloadavg()[0]:.1f})", flush=True)
+        summary["dyembed"]["workloads"][name] = combine(mine)
+        np.save(args.out / f"dyembed-{name}.npy", np.concatenate([np.load(args.out / f"dyembed-{b}.npy") for b, _ in parts]))
+        if theirs:
+            summary["sentence_transformers"][name] = {**theirs[0], **combine(theirs)}
+            np.save(args.out / f"st-{name}.npy", np.concatenate([np.load(args.out / f"st-{b}.npy") for b, _ in parts]))
     summary["dyembed"]["peak_rss_mb"] = peak_rss_mb()
     summary["load_average_end"] = os.getloadavg()
 
@@ -228,17 +257,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{first['threads']} threads, max_seq_length {first['max_length']}: load {first['load_seconds']:.1f}s, "
               f"peak RSS {max(t['peak_rss_mb'] for t in theirs.values()):.0f} MB")
     print(f"dyembed peak RSS {summary['dyembed']['peak_rss_mb']:.0f} MB")
-    print(f"{'workload':<20} {'items':>7} {'tokens':>7} {'pad':>5} {'dyembed/s':>10} {'GFLOP/s':>8} {'st/s':>8} {'ratio':>6} {'min cos':>10} {'max |d|':>9}")
+    print(f"{'workload':<20} {'items':>6} {'tokens':>6} {'pad':>4} {'dyembed/s':>9} {'/cpu-s':>7} {'GFLOP/s':>7}"
+          f" {'st/s':>6} {'/cpu-s':>7} {'ratio':>6} {'cpu ratio':>9} {'min cos':>10} {'max |d|':>8}")
     for name in workloads:
         w = summary["dyembed"]["workloads"][name]
-        row = f"{name:<20} {w['items']:>7} {w['mean_tokens']:>7.1f} {w['padding_fraction']:>5.0%} {w['items_per_second']:>10.1f} {w['gflops_per_second']:>8.1f}"
+        row = (f"{name:<20} {w['items']:>6} {w['tokens'] / w['items']:>6.1f} {1 - w['tokens'] / w['padded_tokens']:>4.0%}"
+               f" {w['items_per_second']:>9.1f} {w['items_per_cpu_second']:>7.1f} {w['flops'] / w['seconds'] / 1e9:>7.1f}")
         if name in theirs:
+            t = theirs[name]
             a, b = np.load(args.out / f"dyembed-{name}.npy"), np.load(args.out / f"st-{name}.npy")
             cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-            ratio = w["items_per_second"] / theirs[name]["items_per_second"]
-            summary["comparison"][name] = {"ratio": ratio, "min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(a - b).max()),
-                                           "worst_item": int(cos.argmin())}
-            row += f" {theirs[name]['items_per_second']:>8.1f} {ratio:>6.2f} {cos.min():>10.7f} {np.abs(a - b).max():>9.2e}"
+            ratio, cpu_ratio = w["items_per_second"] / t["items_per_second"], w["items_per_cpu_second"] / t["items_per_cpu_second"]
+            summary["comparison"][name] = {"ratio": ratio, "cpu_ratio": cpu_ratio, "min_cosine": float(cos.min()),
+                                           "max_abs_diff": float(np.abs(a - b).max()), "worst_item": int(cos.argmin())}
+            row += (f" {t['items_per_second']:>6.1f} {t['items_per_cpu_second']:>7.1f} {ratio:>6.2f} {cpu_ratio:>9.2f}"
+                    f" {cos.min():>10.7f} {np.abs(a - b).max():>8.1e}")
         print(row)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"(vectors and JSON in {args.out})")

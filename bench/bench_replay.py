@@ -22,7 +22,6 @@ The reference rate is a 2048³ float32 matmul measured in the same run.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import resource

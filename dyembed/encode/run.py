@@ -22,6 +22,7 @@ from dyembed.config import Config
 from dyembed.encode.cache import EMBEDDINGS_FILE, MANIFEST_FILE, Checkpoints, fingerprint_id, load_previous, text_hash
 from dyembed.encode.hashing import HashingEncoder, hashing_input
 from dyembed.errors import ConfigError, DyembedError, InputDataError
+from dyembed.lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,13 @@ def encode(workdir: str | Path, cfg: Config, *, model: str | None = None, progre
     """Encode every item of `workdir/items.parquet`; returns a JSON-able summary.
 
     `progress(done, total)` counts texts encoded in this run (reused ones are not in `total`).
+    Holds the work-directory lock (runtime.lock_wait) while it runs.
     """
+    with WorkdirLock(workdir, command="encode", wait=cfg.runtime.lock_wait):
+        return _encode(workdir, cfg, model=model, progress=progress)
+
+
+def _encode(workdir: str | Path, cfg: Config, *, model: str | None, progress: Progress | None) -> dict[str, Any]:
     started = time.perf_counter()
     workdir = Path(workdir)
     ecfg = cfg.encode

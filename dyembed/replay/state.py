@@ -13,10 +13,11 @@ On disk (`WORKDIR/state/`, format_version 1; documented in docs/model.md):
     last_ts.npy     time of each user's last replayed event [n_users] int64 (0 = none)
     roles.npy       the split role per event row used in training [rows] int8 (0/1/2)
 
-Writes are atomic: every file goes to `state.tmp-<pid>/` through dyembed.artefacts, then
-`state/` is renamed to `state.prev/` (replacing an older one) and the new directory to `state/`.
-A crash leaves either the old state or the new one in `state/`; if it struck between the two
-renames, `load_state` falls back to `state.prev/`.
+Writes are atomic: every file goes to `state.tmp-<pid>/` through dyembed.artefacts, then the
+directory is installed by renames only (as dyembed.state_versions.install_state_dir): older versions
+shift down (state.prev → state.prev.2 …, `runtime.keep_states` kept), `state/` becomes
+`state.prev/`, the new directory `state/`. A crash leaves either the old state or the new one in
+`state/`; if it struck between the last two renames, `load_state` falls back to `state.prev/`.
 """
 
 from __future__ import annotations
@@ -154,8 +155,13 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def save_state(workdir: str | Path, *, users: UserState, theta: dict[str, np.ndarray], roles: np.ndarray,
-               manifest: dict[str, Any], config_toml: str) -> Path:
-    """Write `WORKDIR/state/` atomically, keeping the previous state as `state.prev/`."""
+               manifest: dict[str, Any], config_toml: str, keep: int = 1) -> Path:
+    """Write `WORKDIR/state/` atomically, keeping `keep` previous versions (state.prev, state.prev.2, …).
+
+    The manifest gets `version`: 1 + the highest version of any state directory present, so
+    versions only grow, even across `dyembed state rollback` (dyembed/state_versions.py)."""
+    from dyembed.state_versions import next_version
+
     workdir = Path(workdir)
     for stale in workdir.glob("state.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -176,6 +182,7 @@ def save_state(workdir: str | Path, *, users: UserState, theta: dict[str, np.nda
             "format_version": FORMAT_VERSION,
             "dyembed_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "version": next_version(workdir),
             **manifest,
             "theta_shapes": {k: list(np.shape(v)) for k, v in theta.items()},
             "user_shapes": {name: list(getattr(users, name).shape) for name in USER_FILES},
@@ -183,16 +190,33 @@ def save_state(workdir: str | Path, *, users: UserState, theta: dict[str, np.nda
             "files": files,
         }
         write_json(tmp / "manifest.json", full)
-        current, prev = workdir / STATE_DIR, workdir / PREV_DIR
-        if current.exists():
-            if prev.exists():
-                shutil.rmtree(prev)
-            os.replace(current, prev)
-        os.replace(tmp, current)
+        _install(workdir, tmp, keep)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return workdir / STATE_DIR
+
+
+def _install(workdir: Path, tmp: Path, keep: int) -> None:
+    """Renames only (each atomic), as dyembed.state_versions.install_state_dir describes: drop the
+    oldest kept version, shift state.prev.k → k+1, state/ → state.prev/, tmp → state/."""
+    from dyembed.state_versions import _PREV_RE, prev_dir, previous_dirs
+
+    keep = max(1, int(keep))
+    current = workdir / STATE_DIR
+    for extra in previous_dirs(workdir):
+        match = _PREV_RE.match(extra.name)
+        if int(match.group(1) or 1) > keep:
+            shutil.rmtree(extra, ignore_errors=True)
+    if current.exists():
+        oldest = prev_dir(workdir, keep)
+        if oldest.exists():
+            shutil.rmtree(oldest)
+        for k in range(keep - 1, 0, -1):
+            if prev_dir(workdir, k).exists():
+                os.replace(prev_dir(workdir, k), prev_dir(workdir, k + 1))
+        os.replace(current, prev_dir(workdir, 1))
+    os.replace(tmp, current)
 
 
 def state_dir(workdir: str | Path) -> Path:
@@ -208,9 +232,11 @@ def state_dir(workdir: str | Path) -> Path:
 
 
 def read_manifest(workdir: str | Path) -> dict[str, Any]:
+    from dyembed.state_versions import read_state_manifest
+
     directory = state_dir(workdir)
-    manifest = read_json(directory / "manifest.json", "state manifest")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    manifest = read_state_manifest(directory)  # corrupt / wrong-shaped JSON → StateError naming the file
+    if manifest.get("format_version") != FORMAT_VERSION:
         raise StateError(f"{directory / 'manifest.json'} is not a dyembed state of format version {FORMAT_VERSION}")
     return manifest
 

@@ -158,7 +158,7 @@ def train(workdir: str | Path, cfg: Config, *, resume: bool = False, update_glob
         raise InputDataError(f"work directory not found: {workdir}")
     _check_train_config(cfg)
     device = configure_runtime(cfg.runtime)
-    with WorkdirLock(workdir, command="train --resume" if resume else "train"):
+    with WorkdirLock(workdir, command="train --resume" if resume else "train", wait=cfg.runtime.lock_wait):
         if resume:
             summary = _resume(workdir, cfg, update_global=update_global, progress=progress)
         else:
@@ -212,7 +212,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
     n_val = int((roles == VALIDATION).sum())
     if n_train == 0:
         raise InputDataError("no training events under the split (check evaluate.protocol / test_fraction)")
-    train_items, seen_u, seen_i = [], [], []
+    train_items, seen_u = [], []
     for ev in source:
         part, _ = _select(ev, roles, (TRAIN,))
         train_items.append(part.item_idx)
@@ -221,7 +221,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
     seen = None
     if n_val and mask_seen_for(cfg, settings["protocol"]):
         seen = seen_items(n_users, np.concatenate(seen_u), train_items_cat)
-    del seen_u, seen_i, train_items
+    del seen_u, train_items
 
     theta0 = init_theta(features, mcfg, seed=tcfg.seed, train_items=train_items_cat, neg_kind=mcfg.neg_sampling)
     del train_items_cat
@@ -336,7 +336,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
                manifest={"watermark": watermark, "n_users": state.n_users, "n_items": n_items, "dim": mcfg.dim,
                          "feature_dim": int(features.shape[1]), "rule": mcfg.rule, "loss": mcfg.loss,
                          "user_init": mcfg.user_init, "split": settings, "train": summary},
-               config_toml=to_toml(cfg))
+               config_toml=to_toml(cfg), keep=cfg.runtime.keep_states)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["state_dir"] = str(workdir / "state")
     summary["watermark"] = watermark
@@ -426,7 +426,7 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
                manifest={"watermark": new_mark, "n_users": state.n_users, "n_items": int(features.shape[0]),
                          "dim": mcfg.dim, "feature_dim": int(features.shape[1]), "rule": mcfg.rule, "loss": mcfg.loss,
                          "user_init": mcfg.user_init, "split": manifest.get("split"), "train": train_info},
-               config_toml=to_toml(cfg))
+               config_toml=to_toml(cfg), keep=cfg.runtime.keep_states)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["state_dir"] = str(workdir / "state")
     return summary
