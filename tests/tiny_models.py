@@ -1,4 +1,4 @@
-"""A tiny random BERT (2 layers, hidden 32, ~150-token WordPiece vocab) written to a directory in
+"""A tiny random BERT (2 layers, hidden 32, 153-token WordPiece vocab) written to a directory in
 either weight layout, with a tokenizer and optional sentence-transformers files.
 
 - layout "pt": PyTorch-style `model.safetensors` (PyTorch weight names, [out, in] dense kernels),
@@ -71,7 +71,6 @@ def make_tiny_bert(
 
     `st_pooling` ("mean" | "cls" | None) adds sentence-transformers files declaring that pooling.
     """
-    import tensorflow as tf
     from transformers import BertTokenizerFast, TFBertModel
 
     directory = Path(directory)
@@ -82,7 +81,6 @@ def make_tiny_bert(
     tokenizer.save_pretrained(str(directory))
 
     config = tiny_bert_config(len(vocab))
-    tf.keras.utils.set_random_seed(seed) if hasattr(tf.keras.utils, "set_random_seed") else tf.random.set_seed(seed)
     model = TFBertModel(config)
     model(model.dummy_inputs, training=False)
     # deterministic weights independent of Keras' initialiser state: redraw every tensor from the seed
