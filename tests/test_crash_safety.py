@@ -27,10 +27,10 @@ from update_world import copy_world, shared_world
 CHILD = textwrap.dedent("""
     import os, sys, time
     slow = float(os.environ["DYEMBED_TEST_SLOW"])
-    import dyembed.replay.state as S
+    import dyembed.state_versions as S
 
     class SlowOs:
-        # os for dyembed.replay.state only: every rename and removal in the state swap takes longer
+        # os for the state swap only: every rename in dyembed.state_versions.install_state_dir takes longer
         def __getattr__(self, name):
             return getattr(os, name)
 
@@ -223,7 +223,7 @@ def test_disk_full_while_writing_the_state_leaves_the_previous_state(world, tmp_
 def test_a_failing_rename_in_the_swap_leaves_a_loadable_state(world, tmp_path, monkeypatch):
     """The swap's second rename (new dir → state/) fails: state/ is gone for a moment, and loading
     falls back to state.prev/, which is the old state."""
-    from dyembed.replay import state as state_mod
+    from dyembed import state_versions as versions_mod
     from dyembed.replay.train import train
 
     work, cfg = _appended(world, tmp_path / "w")
@@ -242,7 +242,7 @@ def test_a_failing_rename_in_the_swap_leaves_a_loadable_state(world, tmp_path, m
                 raise OSError(errno.EIO, os.strerror(errno.EIO), str(a))
             real(a, b)
 
-    monkeypatch.setattr(state_mod, "os", FailingOs())
+    monkeypatch.setattr(versions_mod, "os", FailingOs())
     with pytest.raises(OSError):
         train(work, cfg, resume=True)
     monkeypatch.undo()

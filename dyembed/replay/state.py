@@ -198,25 +198,10 @@ def save_state(workdir: str | Path, *, users: UserState, theta: dict[str, np.nda
 
 
 def _install(workdir: Path, tmp: Path, keep: int) -> None:
-    """Renames only (each atomic), as dyembed.state_versions.install_state_dir describes: drop the
-    oldest kept version, shift state.prev.k → k+1, state/ → state.prev/, tmp → state/."""
-    from dyembed.state_versions import _PREV_RE, prev_dir, previous_dirs
+    """Renames only (each atomic): see dyembed.state_versions.install_state_dir."""
+    from dyembed.state_versions import install_state_dir
 
-    keep = max(1, int(keep))
-    current = workdir / STATE_DIR
-    for extra in previous_dirs(workdir):
-        match = _PREV_RE.match(extra.name)
-        if int(match.group(1) or 1) > keep:
-            shutil.rmtree(extra, ignore_errors=True)
-    if current.exists():
-        oldest = prev_dir(workdir, keep)
-        if oldest.exists():
-            shutil.rmtree(oldest)
-        for k in range(keep - 1, 0, -1):
-            if prev_dir(workdir, k).exists():
-                os.replace(prev_dir(workdir, k), prev_dir(workdir, k + 1))
-        os.replace(current, prev_dir(workdir, 1))
-    os.replace(tmp, current)
+    install_state_dir(workdir, tmp, keep=keep)
 
 
 def state_dir(workdir: str | Path) -> Path:
