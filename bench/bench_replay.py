@@ -229,6 +229,7 @@ def memory_check(state_dir: Path, *, load: bool, n_users: int = 1_000_000, dim: 
     Stage 2 (load=True, a new process): read that state back chunk by chunk, replay again."""
     from dyembed.replay.engine import Engine
     from dyembed.replay.state import load_state, save_state
+    from dyembed.replay.train import EVAL_LANES
 
     model, spec, (users, items, ts), rng = _memory_setup(n_users, dim, n_items, events)
     base = peak_rss_mb()
@@ -238,7 +239,7 @@ def memory_check(state_dir: Path, *, load: bool, n_users: int = 1_000_000, dim: 
     else:
         engine = Engine(model, spec, None, n_users=n_users, lr=0.0, num_negatives=512)  # table built on the device
     after_table = peak_rss_mb()
-    engine.replay(users, items, ts, lanes=4096, steps=25, rng=rng)
+    engine.replay(users, items, ts, lanes=EVAL_LANES, steps=25, rng=rng)  # the lanes train's frozen replay uses
     out = {"stage": "load+replay" if load else "create+replay+save", "users": n_users, "dim": dim, "rule": "adam",
            "events_replayed": events, "user_table_mb": n_users * dim * 4 * 3 / 2**20,
            "rss_before_table_mb": base, "peak_rss_after_table_mb": after_table, "peak_rss_after_replay_mb": peak_rss_mb()}

@@ -91,6 +91,28 @@ def _native_stderr_silenced():
 _TF = None
 
 
+@contextlib.contextmanager
+def _keras3_eager_load_skipped():
+    """Skip the Keras 3 import that `import tensorflow` does at start-up.
+
+    TF ≥ 2.16 imports `keras.src.optimizers` eagerly (for SavedModel registrations dyembed never
+    uses); that pulls in all of Keras 3, pandas' arrow layer and matplotlib: measured +110 MB RSS
+    and ~1 s per command. A None entry in sys.modules makes that one import fail at once with
+    ImportError, which TensorFlow catches; the entry is removed afterwards, so `import keras` still
+    works for anyone who wants it. (transformers' TF models use tf-keras, which is unaffected.)
+    """
+    name = "keras.src.optimizers"
+    if name in sys.modules or os.environ.get("TF_USE_LEGACY_KERAS", "") in ("1", "true", "True"):
+        yield
+        return
+    sys.modules[name] = None
+    try:
+        yield
+    finally:
+        if sys.modules.get(name, 0) is None:
+            del sys.modules[name]
+
+
 def import_tensorflow():
     """Import TensorFlow once, version-checked and without its start-up chatter; the one way dyembed imports it."""
     global _TF
@@ -98,7 +120,7 @@ def import_tensorflow():
         return _TF
     check_tensorflow_versions()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _native_stderr_silenced():
+    with _native_stderr_silenced(), _keras3_eager_load_skipped():
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # the CUDA probe logs here on a machine without a GPU

@@ -45,3 +45,23 @@ def test_wrong_versions_say_what_to_install(monkeypatch, change, fragment):
         envcheck.check_transformers_versions()
     assert fragment in str(info.value)
     assert "pip install" in str(info.value) and info.value.exit_code == EXIT_USAGE
+
+
+def test_tensorflow_import_skips_keras3_but_leaves_it_importable():
+    """import_tensorflow() does not drag in Keras 3 (and its pandas/matplotlib imports), and a later
+    `import keras` still works: the sys.modules block is removed again."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dyembed.envcheck import import_tensorflow\n"
+        "tf = import_tensorflow()\n"
+        "print(sorted(m for m in ('keras', 'matplotlib') if m in sys.modules))\n"
+        "print(float(tf.reduce_sum(tf.ones([3]))))\n"
+        "import keras.src.optimizers\n"
+        "print('keras ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:3] == ["[]", "3.0", "keras ok"]

@@ -108,7 +108,7 @@ class StreamedArray:
         return (np.concatenate(parts) if parts else np.zeros(0, self.dtype)).reshape(self.shape)
 
 
-def npy_chunks(path: Path, rows: int = 65_536) -> StreamedArray:
+def npy_chunks(path: Path, rows: int = 16_384) -> StreamedArray:
     """A .npy file as a StreamedArray: flat C-order chunks of `rows` × shape[-1] items."""
     with open(path, "rb") as fh:
         version = np.lib.format.read_magic(fh)
