@@ -14,6 +14,7 @@ import csv
 import gzip
 import io
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,19 @@ def iter_csv(
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
     )
+    # pyarrow decodes a malformed row's text as UTF-8 before calling on_invalid; when that fails the
+    # exception cannot propagate and Python would print "Exception ignored … Traceback". Catch it
+    # here instead and report the file's encoding problem as the error it is.
+    undecodable: list[BaseException] = []
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        if info.object is on_invalid and isinstance(info.exc_value, UnicodeDecodeError):
+            undecodable.append(info.exc_value)
+        else:
+            previous_hook(info)
+
+    sys.unraisablehook = unraisable
     stream = open_binary(path)
     try:
         reader = pcsv.open_csv(stream, read_options=read_options, parse_options=parse_options, convert_options=convert_options)
@@ -195,13 +209,16 @@ def iter_csv(
             yield Chunk(table, lines, [(n if n is not None else -1, t) for n, t in new_bad])
     except pa.ArrowInvalid as exc:
         text = str(exc)
-        if "UTF8" in text or "utf8" in text.lower() and "invalid" in text.lower():
+        if undecodable or "UTF8" in text or "utf8" in text.lower() and "invalid" in text.lower():
             raise _encoding_error(path, what, encoding) from None
         raise InputDataError(f"{what} {path} cannot be parsed as delimited text: {' '.join(text.split())[:200]}") from None
     except UnicodeDecodeError:
         raise _encoding_error(path, what, encoding) from None
     finally:
+        sys.unraisablehook = previous_hook
         stream.close()
+    if undecodable:
+        raise _encoding_error(path, what, encoding)
 
 
 def iter_jsonl(
