@@ -1,17 +1,13 @@
 """`dyembed update`: the nightly cron step in one call, under one work-directory lock.
 
-    lock → preprocess --append (new log) → incremental encode → prequential ranks of the new
-    window (state BEFORE each event, θ frozen) → train --resume → one JSON-able summary
+    lock → preprocess --append (new log) → incremental encode → train --resume, which ranks each
+    new event with its user's state BEFORE the event (θ frozen) → one JSON-able summary
 
-Why the ranks are computed before `train --resume` and not by it: `--resume` replays exactly the
-rows after the state's watermark with θ frozen (update_global off), new users starting fresh and
-new items extended by `_extend_theta` (text features only: residual 0, bias = median bias). The
-ranks replay here builds that very same starting point (the stored state grown with fresh users,
-θ extended the same way) and runs `replay_ranks(..., update=True)`: every new event is ranked with
-its user's state before the event, then the user steps — the same trajectory `--resume` follows
-(tests/test_update.py checks that the state it ends with equals the state `--resume` saves). So
-the window metrics are honest next-event predictions: no event is scored by a state that has seen
-it. The window is never masked (repeats are real in a production stream).
+The window's metrics come from the resume itself: `train --resume` replays exactly the rows after
+the state's watermark with θ frozen, and ranks each event with its user's state before the event
+(then the user steps), in the same single replay. So the window metrics are honest next-event
+predictions on the very trajectory the saved state follows: no event is scored by a state that
+has seen it. The window is never masked (repeats are real in a production stream).
 
 Idempotence: an events file whose sha256 is already recorded in manifest.json's runs is not
 appended again; encode and train are skipped when already up to date (nothing is rewritten, the
@@ -101,46 +97,6 @@ def _encode_up_to_date(workdir: Path) -> bool:
     return record.get("sha256") == sha256_file(workdir / "items.parquet")
 
 
-def _window_ranks(workdir: Path, cfg: Config, progress: Progress | None) -> tuple[np.ndarray, np.ndarray, Any]:
-    """(ranks, users) of the rows after the state's watermark, each ranked with its user's state
-    before it (θ frozen); the third value is the state after the window (for tests)."""
-    import tomllib
-
-    from dyembed.config import apply_mapping
-    from dyembed.replay.api import Trained, replay_ranks
-    from dyembed.replay.io import check_events, events_rows, load_features, n_users_of, read_events
-    from dyembed.replay.runtime import configure_runtime
-    from dyembed.replay.spec import RuleSpec
-    from dyembed.replay.state import UserState, load_state, state_dir
-    from dyembed.replay.train import _extend_theta
-
-    manifest, theta, users, roles = load_state(workdir)
-    saved = Config()
-    apply_mapping(saved, tomllib.loads((state_dir(workdir) / "config.toml").read_text(encoding="utf-8")), "state/config.toml")
-    saved.runtime = copy.deepcopy(cfg.runtime)
-    configure_runtime(saved.runtime)
-    mark = manifest["watermark"]["rows"]
-    if events_rows(workdir) < mark:
-        raise StateError(f"events.parquet has fewer rows than the state's watermark ({mark}): the log was rewritten; retrain")
-    new = read_events(workdir, start_row=mark)
-    empty = np.zeros(0, np.int64)
-    if len(new) == 0:
-        return empty, empty.astype(np.int32), None
-    features = load_features(workdir)
-    theta = _extend_theta(theta, features, saved)
-    check_events(new, features.shape[0], "events.parquet (new rows)")
-    n_users = n_users_of(workdir, max(int(new.user_idx.max()), users.n_users - 1))
-    spec = RuleSpec.from_config(saved.model)
-    # new users start as `train --resume`'s engine starts them (Engine.reset_users defaults)
-    fresh = UserState.fresh(n_users, users.dim, spec.n_slots, init=spec.init, u0=theta.get("u0"), seed=0, init_scale=0.1)
-    state = users.grown(n_users, fresh)
-    trained = Trained(workdir=workdir, config=saved, manifest=manifest, theta=theta, state=state, split=roles,
-                      features=features)
-    tick = (lambda d: progress({"phase": "window", "done": d, "total": len(new)})) if progress else None
-    out = replay_ranks(trained, new.user_idx, new.item_idx, new.ts, update=True, weight=new.weight, progress=tick)
-    return out.ranks, new.user_idx, out.state
-
-
 def window_metrics(ranks: np.ndarray, users: np.ndarray, ks: list[int]) -> dict[str, Any]:
     """Per-event and per-user means of Recall/NDCG/MRR@K of the window's prequential ranks."""
     from dyembed.evaluate.metrics import RankAccumulator
@@ -173,7 +129,7 @@ def _update(workdir: Path, cfg: Config, new_log: Path, new_items: Path | None, p
     from dyembed.preprocess.run import preprocess
     from dyembed.replay.io import events_rows
     from dyembed.replay.state import read_manifest, state_dir
-    from dyembed.replay.train import train
+    from dyembed.replay.train import resume_with_window_ranks
     from dyembed.state_versions import verify_dir
 
     started = time.perf_counter()
@@ -232,15 +188,12 @@ def _update(workdir: Path, cfg: Config, new_log: Path, new_items: Path | None, p
     metrics = None
     users_updated = 0
     if pending > 0:
-        ranks, users, _ = _window_ranks(workdir, cfg, progress)
-        durations["window_ranks"] = round(time.perf_counter() - t0, 3)
+        res, ranks, users = resume_with_window_ranks(
+            workdir, cfg, progress=(lambda r: progress({"phase": "resume", "done": r["done"], "total": r["total"]}))
+            if progress else None)
+        durations["train_resume"] = round(time.perf_counter() - t0, 3)
         metrics = window_metrics(ranks, users, list(cfg.evaluate.ks))
         users_updated = int(len(np.unique(users)))
-        t0 = time.perf_counter()
-        res = train(workdir, cfg, resume=True,
-                    progress=(lambda r: progress({"phase": "resume", "done": r["done"], "total": r["total"]}))
-                    if progress else None)
-        durations["train_resume"] = round(time.perf_counter() - t0, 3)
         summary["events_replayed"] = res["new_events"]
     else:
         summary["events_replayed"] = 0

@@ -160,13 +160,33 @@ def train(workdir: str | Path, cfg: Config, *, resume: bool = False, update_glob
     device = configure_runtime(cfg.runtime)
     with WorkdirLock(workdir, command="train --resume" if resume else "train", wait=cfg.runtime.lock_wait):
         if resume:
-            summary = _resume(workdir, cfg, update_global=update_global, progress=progress)
+            summary, _ = _resume(workdir, cfg, update_global=update_global, progress=progress)
         else:
             if update_global:
                 raise ConfigError("--update-global only applies with --resume")
             summary = _fit(workdir, cfg, progress=progress)
     summary["device"] = device
     return summary
+
+
+def resume_with_window_ranks(workdir: str | Path, cfg: Config, *,
+                             progress: Progress | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """`train --resume` (θ frozen) that also ranks every replayed event: (summary, ranks, user_idx).
+
+    Each event's rank (1 + items scoring at least the target, over the whole catalogue, nothing
+    masked) is taken with its user's state before the event, inside the one replay that advances
+    the state: the window's next-event metrics at no second pass (`dyembed update`)."""
+    from dyembed.replay.runtime import configure_runtime
+
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise InputDataError(f"work directory not found: {workdir}")
+    _check_train_config(cfg)
+    device = configure_runtime(cfg.runtime)
+    with WorkdirLock(workdir, command="train --resume", wait=cfg.runtime.lock_wait):
+        summary, window = _resume(workdir, cfg, update_global=False, progress=progress, with_ranks=True)
+    summary["device"] = device
+    return summary, window[0], window[1]
 
 
 def _make_engine(model, spec: RuleSpec, state: UserState | None, cfg: Config, n_users: int | None = None):
@@ -361,8 +381,11 @@ def _extend_theta(theta: dict[str, np.ndarray], features: np.ndarray, cfg: Confi
     return theta
 
 
-def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progress | None) -> dict[str, Any]:
-    """Replay rows appended since the watermark; θ frozen unless update_global."""
+def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progress | None,
+            with_ranks: bool = False) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """Replay rows appended since the watermark; θ frozen unless update_global.
+
+    Returns the summary and, with_ranks, (rank, user_idx) of every replayed row."""
     import tomllib
 
     from dyembed.config import apply_mapping
@@ -395,14 +418,17 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
     engine = _make_engine(model, spec, users, cfg, n_users=n_users)  # new users start fresh
     del users
     loss = float("nan")
+    window = (np.zeros(0, np.int64), new.user_idx) if with_ranks else None
     if len(new):
         res = engine.replay(new.user_idx, new.item_idx, new.ts, new.weight if mcfg.use_weights else None,
-                            update=True, train=update_global and cfg.train.lr > 0, ranks=False,
+                            update=True, train=update_global and cfg.train.lr > 0, ranks=with_ranks,
                             lanes=cfg.train.batch_size if update_global else EVAL_LANES, steps=cfg.train.truncation,
                             window=cfg.train.window, rng=np.random.default_rng(cfg.train.seed), shuffle=update_global,
                             progress=(lambda d: progress({"phase": "resume", "epoch": 0, "done": d, "total": len(new)}))
                             if progress else None)
         loss = res.loss_sum / max(res.weight_sum, 1e-12)
+        if with_ranks:
+            window = (res.ranks, new.user_idx)
     state = engine.streamed_state()
     new_roles = np.concatenate([roles, np.zeros(n_rows - len(roles), np.int8)]) if n_rows > len(roles) else roles
     new_mark = {"rows": n_rows, "last_ts": int(new.ts[-1]) if len(new) else watermark["last_ts"]}
@@ -429,4 +455,4 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
                config_toml=to_toml(cfg), keep=cfg.runtime.keep_states)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["state_dir"] = str(workdir / "state")
-    return summary
+    return summary, window
