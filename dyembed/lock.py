@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dyembed.artefacts import complete_pending_renames
 from dyembed.errors import StateError
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,13 @@ class WorkdirLock:
         fh.flush()
         self._fh = fh
         _HELD[key] = 1
+        try:
+            finished = complete_pending_renames(self.path.parent)
+        except BaseException:
+            self.release()
+            raise
+        if finished:
+            log.warning("completed an interrupted write in %s (%d files renamed into place)", self.path.parent, finished)
         return self
 
     def release(self) -> None:
@@ -129,3 +137,19 @@ class WorkdirLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def settle_interrupted_writes(workdir: str | Path) -> None:
+    """For commands that only read a work dir: if a writer was killed in the middle of a group of
+    renames (dyembed.artefacts.atomic_group), finish it first, so the reader never sees old and new
+    files mixed. When a live writer holds the lock, nothing is done: it is finishing them itself."""
+    from dyembed.artefacts import PENDING_RENAMES
+
+    workdir = Path(workdir)
+    if not (workdir / PENDING_RENAMES).is_file():
+        return
+    try:
+        with WorkdirLock(workdir, command="complete an interrupted write"):
+            pass  # acquiring the lock completes the pending renames
+    except StateError:
+        log.info("%s is locked by a running writer; it completes its own renames", workdir)

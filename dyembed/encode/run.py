@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dyembed.artefacts import SCHEMA_VERSION, file_record, require_file, write_json, write_parquet
+from dyembed.artefacts import SCHEMA_VERSION, atomic_group, file_record, require_file, write_json_to, write_table
 from dyembed.config import Config
 from dyembed.encode.cache import EMBEDDINGS_FILE, MANIFEST_FILE, Checkpoints, fingerprint_id, load_previous, text_hash
 from dyembed.encode.hashing import HashingEncoder, hashing_input
@@ -190,7 +190,7 @@ def _encode(workdir: str | Path, cfg: Config, *, model: str | None, progress: Pr
 
     dim = encoder.dim
     matrix = np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, dim), dtype=np.float32)
-    write_parquet(workdir / EMBEDDINGS_FILE, _embedding_table(matrix, hashes, ecfg.dtype))
+    embeddings = _embedding_table(matrix, hashes, ecfg.dtype)
     counts = {
         "items": len(hashes),
         "unique_texts": len(set(hashes)),
@@ -227,7 +227,10 @@ def _encode(workdir: str | Path, cfg: Config, *, model: str | None, progress: Pr
         "output": EMBEDDINGS_FILE,
         "summary": summary,
     }
-    write_json(workdir / MANIFEST_FILE, manifest)
+    # the vectors and the manifest that describes them are replaced together (all or nothing)
+    with atomic_group(workdir) as group:
+        write_table(embeddings, group.path(EMBEDDINGS_FILE))
+        write_json_to(group.path(MANIFEST_FILE), manifest)
     checkpoints.clear()
     log.info("encoded %d texts, reused %d items (%s)", total, counts["items_reused"], spec)
     return summary
