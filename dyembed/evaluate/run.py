@@ -34,6 +34,7 @@ from dyembed.errors import ConfigError, InputDataError, StateError
 from dyembed.evaluate import baselines as bl
 from dyembed.evaluate.metrics import RankAccumulator, TopKAccumulator, metric_names, popularity_percentile
 from dyembed.evaluate.report import SCHEMA, validate_report, write_plot, write_rank_dump, write_report
+from dyembed.lock import settle_interrupted_writes
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
     (schema in report.py / docs/metrics.md), also written to `json_path` when given."""
     started = time.perf_counter()
     workdir = Path(workdir)
+    settle_interrupted_writes(workdir)  # a writer killed mid-rename: finish it first
     ev = cfg.evaluate
     baselines = check_config(ev)
     ks = sorted(set(int(k) for k in ev.ks))
