@@ -173,13 +173,18 @@ def register(app: typer.Typer) -> None:
         k: Annotated[int, typer.Option("--k", help="Number of items per user.")] = 10,
         exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Leave out items the user already interacted with.")] = False,
         out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write all rows to FILE.parquet, .csv or .jsonl (needed for all users).")] = None,
+        hash_user_ids: Annotated[str | None, typer.Option("--hash-user-ids", metavar="SALT", show_default=False, help="Work dir preprocessed with --hash-user-ids: its salt (default $DYEMBED_USER_ID_SALT), so --user / --users-file may give raw ids; output shows the hashed ids.")] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
         """Top-K items for users from the current state (no --user/--users-file: every user, streamed to --out)."""
+        import os
+
         from dyembed.evaluate.recommend import recommend
+        from dyembed.preprocess.pseudonym import salt_from
 
         cfg = resolve_config(config, set_, None, workdir)
+        salt = salt_from(hash_user_ids, os.environ)  # hashed user ids (owner: preprocess)
         bar = None
 
         def progress(done: int, total: int) -> None:
@@ -190,7 +195,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             summary = recommend(workdir, cfg, user_ids=user, users_file=users_file, k=k, exclude_seen=exclude_seen,
-                                out=out_file, progress=progress if out_file is not None else None)
+                                out=out_file, progress=progress if out_file is not None else None, user_id_salt=salt)
         finally:
             if bar is not None:
                 bar.close()

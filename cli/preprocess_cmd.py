@@ -30,6 +30,8 @@ def render_summary(summary: dict) -> None:
     table.add_row("users", f"{summary['users']:,}{new_u}")
     table.add_row("items", f"{summary['items']:,}{new_i}")
     table.add_row("items without text", f"{summary['items_without_text']:,}")
+    if summary.get("user_ids_hashed"):
+        table.add_row("user ids", "hashed (HMAC-SHA256)")
     tr = summary["time_range"]
     table.add_row("time range", f"{tr['min']} .. {tr['max']}" if tr["min"] else "–")
     if summary.get("late_kept"):
@@ -51,10 +53,14 @@ def register(app: typer.Typer) -> None:
         format_: Annotated[str | None, typer.Option("--format", "-f", help=f"Input format: {FORMATS}.")] = None,
         append: Annotated[bool, typer.Option("--append", help="Add a newer log to an existing work dir (stable ids).")] = False,
         allow_late: Annotated[str | None, typer.Option("--allow-late", help="With --append, events older than the watermark: drop (quarantine as out_of_order), keep (merge at their time), clamp (move to the watermark).")] = None,
+        hash_user_ids: Annotated[str | None, typer.Option("--hash-user-ids", metavar="SALT", show_default=False, help="Replace every user id by a keyed hash (HMAC-SHA256 with this secret salt) in every artefact; --append needs the same salt. Default: $DYEMBED_USER_ID_SALT when set (keeps the salt off the command line). The salt is never stored.")] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
         """Validate raw logs (bad rows → rejected.parquet with a reason), clean item texts, sort events by time."""
+        import os
+
+        from dyembed.preprocess.pseudonym import salt_from
         from dyembed.preprocess.run import preprocess as run_preprocess
 
         flags = {
@@ -64,13 +70,15 @@ def register(app: typer.Typer) -> None:
             "data.format": format_,
         }
         cfg = resolve_config(config, set_, flags, workdir)
+        salt = salt_from(hash_user_ids, os.environ)
         # a new --input replaces the events/items paths remembered in the work dir's config.toml
         if input_dir and not events:
             cfg.data.events = None
         if input_dir and not items:
             cfg.data.items = None
         with progress_bar(None, "preprocess", unit="row") as bar:
-            summary = run_preprocess(workdir, cfg, append=append, allow_late=allow_late, progress=lambda n: bar.update(n - bar.n))
+            summary = run_preprocess(workdir, cfg, append=append, allow_late=allow_late, progress=lambda n: bar.update(n - bar.n),
+                                     user_id_salt=salt)
         if not GLOBALS.quiet:
             render_summary(summary)
         note(f"wrote {summary['total_events']:,} events, {summary['users']:,} users, {summary['items']:,} items to {workdir}")

@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print the summary as ONE line of JSON on stdout (nothing else).")] = False,
         wait: Annotated[float | None, typer.Option("--wait", help="Seconds to wait for another run's lock (default: fail at once, exit 4).")] = None,
         keep: Annotated[int | None, typer.Option("--keep", help="Previous state versions to keep (runtime.keep_states).")] = None,
+        hash_user_ids: Annotated[str | None, typer.Option("--hash-user-ids", metavar="SALT", show_default=False, help="The salt the work dir was preprocessed with (--hash-user-ids); default: $DYEMBED_USER_ID_SALT, which keeps it out of the crontab line. Never stored.")] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
@@ -53,6 +54,9 @@ def register(app: typer.Typer) -> None:
         Exit codes: 0 done (also when the file was already applied), 2 usage/config, 3 bad input,
         4 locked / no state / corrupt state.
         """
+        import os
+
+        from dyembed.preprocess.pseudonym import salt_from
         from dyembed.update import update
 
         if wait is not None and wait < 0:
@@ -63,6 +67,7 @@ def register(app: typer.Typer) -> None:
         if keep is not None:
             flags["runtime.keep_states"] = keep
         cfg = resolve_config(config, set_, flags, workdir)
+        salt = salt_from(hash_user_ids, os.environ)
         bars: dict[str, Any] = {"bar": None, "phase": None}
 
         def progress(record: dict[str, Any]) -> None:
@@ -76,7 +81,7 @@ def register(app: typer.Typer) -> None:
             bars["bar"].update(record["done"] - bars["bar"].n)
 
         try:
-            summary = update(workdir, cfg, new_log=new_log, new_items=new_items, progress=progress)
+            summary = update(workdir, cfg, new_log=new_log, new_items=new_items, progress=progress, user_id_salt=salt)
         finally:
             if bars["bar"] is not None:
                 bars["bar"].close()

@@ -85,6 +85,10 @@ class DataConfig:
     # --append: events older than the stored watermark are quarantined (drop, reason out_of_order),
     # merged at their true time (keep), or moved to the watermark (clamp)
     allow_late: str = _choice("drop", ["drop", "keep", "clamp"])
+    # events dated more than this many days after the run's wall-clock time are quarantined
+    # (reason future_timestamp): one bad clock would otherwise move the watermark into the future
+    # and make every later night's events "late". Negative (e.g. -1) switches the check off.
+    max_future_days: float = 2.0
     language: str = "english"
     chunk_rows: int = 1_000_000
 

@@ -110,8 +110,11 @@ def window_metrics(ranks: np.ndarray, users: np.ndarray, ks: list[int]) -> dict[
 
 
 def update(workdir: str | Path, cfg: Config, *, new_log: str | Path, new_items: str | Path | None = None,
-           progress: Progress | None = None) -> dict[str, Any]:
+           progress: Progress | None = None, user_id_salt: str | None = None) -> dict[str, Any]:
     """Append `new_log` to `workdir` and bring encode + state up to date; return the run's summary.
+
+    `user_id_salt`: the salt of a work dir preprocessed with --hash-user-ids (checked first, then
+    given to preprocess --append; ConfigError when missing, different, or for an unhashed dir).
 
     Raises InputDataError (3) for unusable inputs, ConfigError (2), StateError (4) when the work
     dir is locked, has no trained state, or its state is corrupt.
@@ -121,11 +124,14 @@ def update(workdir: str | Path, cfg: Config, *, new_log: str | Path, new_items: 
     if not workdir.is_dir():
         raise InputDataError(f"work directory not found: {workdir}")
     with WorkdirLock(workdir, command="update", wait=cfg.runtime.lock_wait):
-        return _update(workdir, copy.deepcopy(cfg), Path(new_log), None if new_items is None else Path(new_items), progress)
+        return _update(workdir, copy.deepcopy(cfg), Path(new_log), None if new_items is None else Path(new_items), progress,
+                       user_id_salt)
 
 
-def _update(workdir: Path, cfg: Config, new_log: Path, new_items: Path | None, progress: Progress | None) -> dict[str, Any]:
+def _update(workdir: Path, cfg: Config, new_log: Path, new_items: Path | None, progress: Progress | None,
+            user_id_salt: str | None = None) -> dict[str, Any]:
     from dyembed.encode.run import encode
+    from dyembed.preprocess.pseudonym import check_workdir_salt
     from dyembed.preprocess.run import preprocess
     from dyembed.replay.io import events_rows
     from dyembed.replay.state import read_manifest, state_dir
@@ -146,6 +152,8 @@ def _update(workdir: Path, cfg: Config, new_log: Path, new_items: Path | None, p
     if cfg.data.allow_late == "keep":
         raise ConfigError("data.allow_late = keep inserts rows before the state's watermark, which `update` cannot "
                           "replay incrementally; use drop or clamp (or preprocess + train from scratch)")
+    # --hash-user-ids: the same salt as the work dir's (also when the file turns out to be applied already)
+    check_workdir_salt(workdir, user_id_salt)
     cfg.data.events = str(new_log)
     if new_items is not None:
         cfg.data.items = str(new_items)
@@ -161,7 +169,7 @@ def _update(workdir: Path, cfg: Config, new_log: Path, new_items: Path | None, p
         summary.update(events_in=0, events_added=0, events_rejected=0, rejected={}, new_users=0, new_items=0)
         log.info("events file %s was already appended (%s); nothing to add", new_log, earlier.get("started_at"))
     else:
-        pre = preprocess(workdir, cfg, append=True,
+        pre = preprocess(workdir, cfg, append=True, user_id_salt=user_id_salt,
                          progress=(lambda n: progress({"phase": "preprocess", "done": n, "total": None})) if progress else None)
         summary.update(events_in=pre["rows_in"], events_added=pre["events_out"], events_rejected=pre["rejected_total"],
                        rejected=pre["rejected"], new_users=pre["new_users"], new_items=pre["new_items"])
@@ -203,6 +211,12 @@ def _update(workdir: Path, cfg: Config, new_log: Path, new_items: Path | None, p
     summary.update(users_updated=users_updated, metrics=metrics, state_version=state_version(after),
                    watermark=after["watermark"], users=after.get("n_users"), items=after.get("n_items"))
     warnings = []
+    n_future = (summary.get("rejected") or {}).get("future_timestamp", 0)
+    if n_future:
+        # preprocess quarantined them (and logged it); the JSON summary tells the cron consumer too
+        warnings.append(f"{n_future} row(s) dated more than {cfg.data.max_future_days:g} days in the future were "
+                        "quarantined (future_timestamp, data.max_future_days): check the log's clock")
+    # still possible with data.max_future_days < 0 (check off) or > 1, or a log appended before the check existed
     future = int(after["watermark"].get("last_ts") or 0) - int(time.time())
     if future > 86_400:
         # one far-future timestamp moves the watermark: later nights' events would all count as late

@@ -24,6 +24,7 @@ from dyembed.artefacts import atomic_path, require_file
 from dyembed.config import Config
 from dyembed.errors import ConfigError, InputDataError
 from dyembed.evaluate import baselines as bl
+from dyembed.lock import settle_interrupted_writes
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +108,18 @@ def score_topk(U: np.ndarray, V: np.ndarray, bias: np.ndarray, tau: float, k: in
 
 def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | None = None,
               users_file: str | Path | None = None, k: int = 10, exclude_seen: bool = False,
-              out: str | Path | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+              out: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
+              user_id_salt: str | None = None) -> dict[str, Any]:
     """Top-k lists for the given users (ids and/or a users file), or for every user when none is
-    given (then `out` is required). Returns a summary with the rows (up to 10,000) and notes."""
+    given (then `out` is required). Returns a summary with the rows (up to 10,000) and notes.
+
+    Work dirs preprocessed with --hash-user-ids store pseudonyms: pass those, or give
+    `user_id_salt` (checked against the work dir) and raw ids are hashed for the lookup; the
+    output always shows the stored pseudonyms."""
     from dyembed.replay import api
 
     workdir = Path(workdir)
+    settle_interrupted_writes(workdir)  # a writer killed mid-rename: finish it first
     if k < 1:
         raise ConfigError(f"--k must be a positive integer, got {k}")
     fmt = None
@@ -137,6 +144,13 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
     catalogue = _Catalogue(workdir)
     n_items = V.shape[0]
     index = _user_index(workdir)
+    # -- hashed user ids (preprocess --hash-user-ids; owner: preprocess) --
+    from dyembed.preprocess.pseudonym import Pseudonymiser, check_workdir_salt, lookup_ids
+
+    ids_hashed = check_workdir_salt(workdir, user_id_salt, salt_required=False)
+    if requested is not None:
+        requested = lookup_ids(requested, index, Pseudonymiser(user_id_salt) if user_id_salt is not None else None)
+    # -- end hashed user ids --
     seen = None
     if exclude_seen:
         log_ = _load_log(workdir)
@@ -156,6 +170,9 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         notes.append(f"unknown user(s) {shown}: cold-start list from the learned prior")
+        if ids_hashed and user_id_salt is None:  # hashed user ids (owner: preprocess)
+            notes.append("this work dir's user ids are hashed: pass the ids of users.parquet, or give the salt "
+                         "(--hash-user-ids / DYEMBED_USER_ID_SALT) to look up raw ids")
     # known users whose state never took a step (no replayed event yet) also sit at the prior
     never_updated = np.asarray(trained.state.count) == 0
     idle = sum(1 for _, idx in targets if idx >= 0 and never_updated[idx])

@@ -2,8 +2,9 @@
 
 Stages (see data/README.md for every artefact and column):
 1. items: read the items file(s), render each item's text from the template (cleaned later);
-2. events, streamed chunk by chunk: row-level validation (validate.py) → int arrays; rejected
-   rows go straight to rejected.parquet with their reason;
+2. events, streamed chunk by chunk: user ids replaced by keyed pseudonyms when a salt is given
+   (pseudonym.py), row-level validation (validate.py) → int arrays; rejected rows go straight to
+   rejected.parquet with their reason;
 3. whole log on int arrays (filters.py): exact duplicates, lateness (--append), count filters and
    k-core, stable sort by timestamp, dense ids by first appearance in time order;
 4. outputs: every file goes to a temporary name first and all are renamed only after everything
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,8 +38,9 @@ from dyembed.errors import ConfigError, InputDataError
 from dyembed.lock import WorkdirLock
 from dyembed.preprocess import filters
 from dyembed.preprocess.formats import ItemsData, Plan, make_plan
+from dyembed.preprocess.pseudonym import Pseudonymiser, manifest_record, verify_salt
 from dyembed.preprocess.validate import (
-    DUPLICATE, KCORE, MIN_ITEM_EVENTS, MIN_USER_EVENTS, OUT_OF_ORDER, REASONS, REJECTED_SCHEMA,
+    DUPLICATE, FUTURE_TIMESTAMP, KCORE, MIN_ITEM_EVENTS, MIN_USER_EVENTS, OUT_OF_ORDER, REASONS, REJECTED_SCHEMA,
     Checks, IdMap, Valid, malformed_table, make_time_parser, validate_chunk,
 )
 from dyembed.text import check_language, get_tokenizer, render_template
@@ -80,6 +83,15 @@ def _check_config(data: DataConfig) -> None:
         raise ConfigError(f"config key 'data.encoding' = {data.encoding!r} is not a known encoding") from None
     check_language(data.language)
     make_time_parser(data.time_format)
+    if math.isnan(data.max_future_days):
+        raise ConfigError("config key 'data.max_future_days' must be a number of days (negative switches the check off); got nan")
+
+
+def future_limit(max_future_days: float, now: float) -> int | None:
+    """Latest accepted event time (unix seconds): `now` + max_future_days; None when the check is off."""
+    if max_future_days < 0 or math.isinf(max_future_days):
+        return None
+    return int(now) + int(max_future_days * 86_400)
 
 
 def _load_previous(workdir: Path) -> Previous:
@@ -255,19 +267,25 @@ def preprocess(
     append: bool = False,
     allow_late: str | None = None,
     progress: Progress | None = None,
+    user_id_salt: str | None = None,
 ) -> dict[str, Any]:
     """Validate, clean and time-order raw logs into `workdir`; return the run's summary (JSON-able).
 
     `append`: add newer events to an existing work dir (stable ids; new users/items get new
     ids). `allow_late` (drop | keep | clamp, default data.allow_late) handles appended events
     older than the stored watermark. `progress(rows_read)` is called after each chunk.
+    `user_id_salt`: replace every user id by its keyed pseudonym (pseudonym.py) before anything
+    is written; an --append run must get the same salt as the work dir's first run (ConfigError).
+    The salt is never stored, only a slow fingerprint of it (manifest `user_ids.salt_check`).
     """
     with WorkdirLock(workdir, command="preprocess", wait=cfg.runtime.lock_wait):
-        return _preprocess(workdir, cfg, append=append, allow_late=allow_late, progress=progress)
+        return _preprocess(workdir, cfg, append=append, allow_late=allow_late, progress=progress, salt=user_id_salt)
 
 
-def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: str | None, progress: Progress | None) -> dict[str, Any]:
+def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: str | None, progress: Progress | None,
+                salt: str | None) -> dict[str, Any]:
     started = time.perf_counter()
+    now = time.time()  # the run's wall-clock time: events after now + data.max_future_days are quarantined
     workdir = Path(workdir)
     data = cfg.data
     _check_config(data)
@@ -279,6 +297,14 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
     if data.min_rating is not None and not plan.has_rating:
         raise ConfigError(f"config key 'data.min_rating' needs a rating column; format {plan.format} has none (set data.rating_col)")
     previous = _load_previous(workdir) if append else None
+    if previous is not None:
+        # same salt as the first run (or none for both): mixing would split every user in two
+        ids_hashed = verify_salt(previous.manifest.get("user_ids"), salt, workdir)
+        user_ids_record = previous.manifest["user_ids"] if ids_hashed else {"hashed": False}
+    else:
+        user_ids_record = manifest_record(salt)
+    pseudonymiser = Pseudonymiser(salt) if salt is not None else None
+    ts_limit = future_limit(data.max_future_days, now)
     has_weight = plan.has_weight
     if previous is not None and ("weight" in previous.events.column_names) != has_weight:
         raise ConfigError("--append: data.weight_col must match the earlier run (events.parquet "
@@ -299,7 +325,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
     user_map = IdMap(previous.user_ids if previous else None)
     event_map = IdMap()
     checks = Checks(users=user_map, items=item_map, events=event_map, parse_time=make_time_parser(plan.time_format),
-                    known_items=known, min_rating=data.min_rating, has_weight=has_weight)
+                    known_items=known, min_rating=data.min_rating, has_weight=has_weight, max_ts=ts_limit)
     source_names = [str(s.path) for s in plan.events]
     reasons: Counter[str] = Counter()
     rows_in = 0
@@ -328,9 +354,15 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
                 n = chunk.table.num_rows + len(chunk.malformed)
                 rows_in += n
                 rows_src += n
-                reject(malformed_table(chunk.malformed, source_names[src]))
-                if chunk.table.num_rows:
-                    valid, rejected = validate_chunk(chunk.table, chunk.lines, source_names[src], checks)
+                table, malformed = chunk.table, chunk.malformed
+                if pseudonymiser is not None:
+                    # ids are hashed before validation, so every artefact sees only pseudonyms; a
+                    # malformed record cannot be split reliably, so its raw text is not kept at all
+                    table = pseudonymiser.table(table)
+                    malformed = [(line, None) for line, _ in malformed]
+                reject(malformed_table(malformed, source_names[src]))
+                if table.num_rows:
+                    valid, rejected = validate_chunk(table, chunk.lines, source_names[src], checks)
                     reject(rejected)
                     collector.add(valid, src)
                 if progress:
@@ -426,7 +458,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
         inputs = [{"role": role, **file_record(path)} for role, path in plan.inputs]
         run = {
             "mode": "append" if previous is not None else "full",
-            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "started_at": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "inputs": inputs,
             "rows_in": rows_in,
             "events_out": run_out,
@@ -438,6 +470,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
             "allow_late": allow_late if previous is not None else None,
             "late_kept": late_kept,
             "late_clamped": clamped,
+            "max_ts_allowed": ts_limit,
         }
         counts = {
             "rows_in": total_in,
@@ -463,6 +496,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
             "language": language,
             "time_format": plan.time_format,
             "has_items_file": items_data is not None or bool(previous and previous.manifest.get("has_items_file")),
+            "user_ids": user_ids_record,
             "tie_order": "events sorted by ts with a stable sort: equal timestamps keep input order "
                          "(sources in the order listed, rows in file order; appended runs after earlier ones)",
             "inputs": inputs,
@@ -496,8 +530,13 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
         "time_range": manifest["time_range"],
         "late_kept": late_kept,
         "late_clamped": clamped,
+        "user_ids_hashed": bool(user_ids_record.get("hashed")),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    if run_rejected.get(FUTURE_TIMESTAMP):
+        log.warning("%d row(s) dated more than %g days in the future (after %s) were quarantined as %s; check the log's "
+                    "clock (data.max_future_days)", run_rejected[FUTURE_TIMESTAMP], data.max_future_days, _iso(ts_limit),
+                    FUTURE_TIMESTAMP)
     if rows_in and summary["rejected_total"] > 0.1 * rows_in:
         top = ", ".join(f"{r} {n:,}" for r, n in Counter(run_rejected).most_common(3))
         log.warning("%d of %d rows rejected (%s); see %s", summary["rejected_total"], rows_in, top, workdir / "rejected.parquet")

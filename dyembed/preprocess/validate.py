@@ -1,7 +1,8 @@
 """Row-level validation of one chunk of raw events: parse, check, encode ids, quarantine the rest.
 
 Checks run in a fixed order and a row is rejected with the reason of the FIRST check it fails:
-missing_user, missing_item, bad_timestamp, bad_rating, bad_weight, unknown_item, below_min_rating.
+missing_user, missing_item, bad_timestamp, future_timestamp, bad_rating, bad_weight, unknown_item,
+below_min_rating.
 (Malformed records — wrong field count, broken JSON — are rejected by the reader stage as
 `malformed_line`; duplicates, out_of_order and the count filters are decided over the whole log in
 `filters.py`.) Valid rows leave as integer arrays: user/item/event codes from `IdMap`s, unix seconds.
@@ -23,6 +24,7 @@ MALFORMED = "malformed_line"
 MISSING_USER = "missing_user"
 MISSING_ITEM = "missing_item"
 BAD_TIMESTAMP = "bad_timestamp"
+FUTURE_TIMESTAMP = "future_timestamp"
 BAD_RATING = "bad_rating"
 BAD_WEIGHT = "bad_weight"
 UNKNOWN_ITEM = "unknown_item"
@@ -34,7 +36,7 @@ MIN_ITEM_EVENTS = "min_item_events"
 KCORE = "kcore"
 # the order reasons are checked in (and listed in summaries)
 REASONS = (
-    MALFORMED, MISSING_USER, MISSING_ITEM, BAD_TIMESTAMP, BAD_RATING, BAD_WEIGHT, UNKNOWN_ITEM,
+    MALFORMED, MISSING_USER, MISSING_ITEM, BAD_TIMESTAMP, FUTURE_TIMESTAMP, BAD_RATING, BAD_WEIGHT, UNKNOWN_ITEM,
     BELOW_MIN_RATING, DUPLICATE, OUT_OF_ORDER, MIN_USER_EVENTS, MIN_ITEM_EVENTS, KCORE,
 )
 FIELDS = ("user", "item", "timestamp", "event", "rating", "weight")
@@ -174,6 +176,8 @@ class Checks:
     known_items: pa.Array | None = None  # None: no items file, or text not required
     min_rating: float | None = None
     has_weight: bool = False
+    # rows dated after this (unix seconds) are future_timestamp; None = no check (data.max_future_days < 0)
+    max_ts: int | None = None
 
 
 @dataclass
@@ -211,6 +215,8 @@ def validate_chunk(table: pa.Table, lines: np.ndarray, source: str, checks: Chec
     ts_text, _ = _blank(col["timestamp"])
     ts, ok = checks.parse_time(ts_text)
     flag(~ok, BAD_TIMESTAMP)
+    if checks.max_ts is not None:
+        flag(ts > checks.max_ts, FUTURE_TIMESTAMP)
     rating = None
     if checks.min_rating is not None:
         if "rating" not in col:
