@@ -139,3 +139,48 @@ def test_an_unreadable_journal_is_a_state_error_naming_it(tmp_path):
         complete_pending_renames(tmp_path)
     assert info.value.exit_code == EXIT_STATE
     assert contents(tmp_path) == {name: f"old {name}" for name in NAMES}
+
+
+def test_preprocess_append_killed_between_its_renames_is_completed_by_the_next_command(tmp_path, monkeypatch):
+    """preprocess --append dies after renaming events.parquet but before manifest.json: the next
+    command that takes the lock (here encode) finishes the group, and the outputs match the manifest."""
+    from dyembed.config import Config, SynthConfig
+    from dyembed.encode.run import encode
+    from dyembed.preprocess.run import preprocess
+    from dyembed.synth import generate
+    from dyembed.update import _check_artefacts
+    from update_world import split_log
+
+    raw, work = tmp_path / "raw", tmp_path / "work"
+    generate(SynthConfig(users=20, items=30, events=600, topics=3, seed=5, malformed_rows=0), raw)
+    split_log(raw)
+    cfg = Config()
+    cfg.data.format, cfg.data.events, cfg.data.items = "synth", str(raw / "base.csv"), str(raw / "items.jsonl")
+    cfg.encode.encoder, cfg.encode.hashing_dim = "hashing", 16
+    preprocess(work, cfg)
+    old_manifest = (work / "manifest.json").read_text()
+
+    real_replace = os.replace
+    renamed = []
+
+    def dying_replace(src, dst):
+        if str(dst).endswith(PENDING_RENAMES) or not str(src).endswith(".tmp"):
+            return real_replace(src, dst)
+        if renamed:
+            raise KeyboardInterrupt  # the kill, after the first output was renamed
+        renamed.append(os.path.basename(dst))
+        real_replace(src, dst)
+
+    cfg.data.events = str(raw / "new.csv")
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(work, cfg, append=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert renamed == ["rejected.parquet"] and (work / "manifest.json").read_text() == old_manifest
+    assert (work / PENDING_RENAMES).is_file()
+
+    encode(work, cfg)  # takes the lock: the interrupted append is completed first
+    assert not (work / PENDING_RENAMES).exists()
+    manifest = json.loads((work / "manifest.json").read_text())
+    assert [r["mode"] for r in manifest["runs"]] == ["full", "append"]
+    _check_artefacts(work)  # every output's size matches the new manifest

@@ -7,8 +7,10 @@ Stages (see data/README.md for every artefact and column):
    rejected.parquet with their reason;
 3. whole log on int arrays (filters.py): exact duplicates, lateness (--append), count filters and
    k-core, stable sort by timestamp, dense ids by first appearance in time order;
-4. outputs: every file goes to a temporary name first and all are renamed only after everything
-   succeeded (manifest.json last), so a crash leaves the previous outputs intact.
+4. outputs: every file goes to a temporary name first; all are replaced together only after
+   everything succeeded (dyembed.artefacts.atomic_group: a journal of the renames, rolled forward
+   by the next command if a crash strikes between two of them), so a reader sees either every
+   previous output or every new one.
 
 Invariant (checked before writing): rows_in == events_out + sum(rejected by reason).
 """
@@ -32,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dyembed import __version__
-from dyembed.artefacts import SCHEMA_VERSION, atomic_path, file_record, read_json
+from dyembed.artefacts import SCHEMA_VERSION, atomic_group, file_record, read_json, write_json_to, write_table
 from dyembed.config import Config, DataConfig, to_toml
 from dyembed.errors import ConfigError, InputDataError
 from dyembed.lock import WorkdirLock
@@ -331,11 +333,10 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
     rows_in = 0
     collector = _Collector(has_weight, data.min_rating is not None)
 
-    with contextlib.ExitStack() as stack:
-        # temp files are renamed in reverse order of opening: manifest.json goes last
-        tmp_manifest = stack.enter_context(atomic_path(workdir / "manifest.json"))
-        tmp_config = stack.enter_context(atomic_path(workdir / "config.toml"))
-        tmp_rejected = stack.enter_context(atomic_path(workdir / "rejected.parquet"))
+    # every output goes to a temp name; all are replaced together (all or none, even across a kill)
+    # when the group closes, in the order asked for: manifest.json last
+    with atomic_group(workdir) as group, contextlib.ExitStack() as stack:
+        tmp_rejected = group.path("rejected.parquet")
         writer = stack.enter_context(pq.ParquetWriter(tmp_rejected, REJECTED_SCHEMA, compression="zstd"))
         if previous is not None and (workdir / "rejected.parquet").is_file():
             old = pq.ParquetFile(workdir / "rejected.parquet")
@@ -447,9 +448,8 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
         # ---- write (temp names; renamed together when the `with` block ends)
         paths = {}
         for name, table in (("events.parquet", events), ("users.parquet", users), ("items.parquet", items)):
-            tmp = stack.enter_context(atomic_path(workdir / name))
-            pq.write_table(table, tmp, compression="zstd")
-            paths[name] = tmp
+            paths[name] = group.path(name)
+            write_table(table, paths[name])
         paths["rejected.parquet"] = tmp_rejected
 
         ts_col = events.column("ts")
@@ -508,10 +508,8 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
             "runs": (previous.manifest.get("runs", []) if previous else []) + [run],
             "config": cfg.to_dict(),
         }
-        import json
-
-        tmp_manifest.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
-        tmp_config.write_text(to_toml(cfg), encoding="utf-8")
+        group.path("config.toml").write_text(to_toml(cfg), encoding="utf-8")
+        write_json_to(group.path("manifest.json"), manifest)
 
     summary = {
         "workdir": str(workdir),
