@@ -208,7 +208,8 @@ def test_ten_megabyte_single_lines():
     result = _preprocess(b"user_id,item_id,timestamp\n" + big_id + b",i1,1600000000\nu2,i2,1600000001\n")
     assert result.exit_code == 0
     result = _preprocess(b"user_id,item_id,timestamp\n" + b"x" * 10_000_000)  # one line, no newline, no fields
-    assert result.exit_code == 3 and "no data rows" in result.stderr
+    # the one (malformed) row is counted and named, not lost
+    assert result.exit_code == 3 and "yields zero valid events (1 rows rejected: malformed_line 1)" in result.stderr
 
 
 def test_nul_bytes():

@@ -265,6 +265,24 @@ def test_malformed_lines_are_quarantined_with_their_line_numbers(tmp_path):
     assert len(table(tmp_path / "w", "events")) == 28
 
 
+def test_line_numbers_count_newlines_inside_quoted_fields(tmp_path):
+    """A quoted field may hold newlines: rejected rows (valid-looking and malformed alike) point at
+    the physical line where their record starts, also after such fields."""
+    text = ('user_id,item_id,timestamp,note\n'          # 1
+            'u1,i1,1000,plain\n'                        # 2
+            'u2,i2,1001,"two\nlines"\n'                # 3-4
+            'u3,i3,1002,extra,field\n'                  # 5: malformed
+            'u4,i4,"not\na time",x\n'                  # 6-7: bad timestamp
+            'u5,i5,1004,"a\nb\nc"\n'                  # 8-10
+            'u6,,1005,x\n'                              # 11: missing item
+            'u7,"i7\n",1006,"x,\n"\n'                 # 12-14: two quoted newlines
+            'u8,i8,later,x\n')                          # 15: bad timestamp
+    write(tmp_path / "ev.csv", text)
+    run(tmp_path / "w", events=str(tmp_path / "ev.csv"), require_text=False, chunk_rows=2)
+    got = sorted((r["line"], r["reason"]) for r in table(tmp_path / "w", "rejected"))
+    assert got == [(5, "malformed_line"), (6, "bad_timestamp"), (11, "missing_item"), (15, "bad_timestamp")]
+
+
 # ------------------------------------------------------------------ filters
 
 
@@ -421,3 +439,25 @@ def test_items_file_without_any_template_field_exits_3(tmp_path):
     result = invoke(["preprocess", tmp_path / "w", "--events", tmp_path / "ev.csv", "--items", tmp_path / "items.csv",
                      "--set", "data.text_template='{name}'"])
     assert result.exit_code == 0, result.output
+
+
+def test_quoted_newline_line_numbers_do_not_depend_on_the_block_size(tmp_path):
+    from dyembed.preprocess.readers import iter_csv
+
+    rows = ["user_id,item_id,timestamp,note"]
+    for k in range(60):
+        note = '"a\nb"' if k % 7 == 0 else ("x,y,z" if k % 11 == 5 else "n")  # multi-line / malformed / plain
+        rows.append(f"u{k},i{k},{1000 + k},{note}")
+    path = write(tmp_path / "ev.csv", "\n".join(rows) + "\n")
+
+    def numbering(block_bytes):
+        out = []
+        for chunk in iter_csv(path, what="events file", delimiter=",", block_bytes=block_bytes):
+            out += [(int(line), user) for line, user in zip(chunk.lines, chunk.table.column("user_id").to_pylist())]
+            out += [(line, text.split(",")[0]) for line, text in chunk.malformed]
+        return sorted(out)
+
+    physical = [line for line in "\n".join(rows).split("\n")]
+    expected = sorted((n + 1, text.split(",")[0]) for n, text in enumerate(physical) if text[:1] == "u" and n > 0)
+    assert numbering(1 << 20) == expected
+    assert numbering(256) == expected

@@ -115,9 +115,9 @@ def sniff_delimiter(path: Path, encoding: str) -> str:
 
 
 def _assign_lines(n: int, cursor: int, malformed_lines: np.ndarray) -> np.ndarray:
-    """Line numbers of `n` well-formed rows following line `cursor`, skipping malformed lines.
+    """Numbers of `n` well-formed rows following number `cursor`, skipping malformed ones.
 
-    The j-th row is on line cursor + 1 + j + c, where c counts the malformed lines before it.
+    The j-th row is number cursor + 1 + j + c, where c counts the malformed numbers before it.
     """
     later = malformed_lines[malformed_lines > cursor]
     j = np.arange(n, dtype=np.int64)
@@ -126,6 +126,51 @@ def _assign_lines(n: int, cursor: int, malformed_lines: np.ndarray) -> np.ndarra
     # valid rows preceding each malformed line
     before = later - cursor - 1 - np.arange(len(later), dtype=np.int64)
     return cursor + 1 + j + np.searchsorted(before, j, side="right")
+
+
+class _LineCounter:
+    """Physical line numbers of CSV records when quoted fields may hold newlines.
+
+    pyarrow numbers records, not lines. Records are numbered as before (_assign_lines); each
+    record then moves down by the newlines inside the records before it (its own fields' and the
+    malformed records' raw text), so rejected.parquet points at the line where the record starts.
+    """
+
+    def __init__(self, header_lines: int):
+        self.record_cursor = header_lines  # number of the last record handed out
+        self.shift = 0  # newlines inside all records handed out so far
+
+    def batch(self, records: np.ndarray, extra: np.ndarray | None,
+              malformed: list[tuple[int, str | None]]) -> tuple[np.ndarray, list[tuple[int, str | None]]]:
+        """(line of each valid row, malformed rows with their line) for one batch."""
+        bad_records = np.array([n for n, _ in malformed], dtype=np.int64)
+        bad_extra = np.array([(t or "").count("\n") for _, t in malformed], dtype=np.int64)
+        extra = np.zeros(len(records), np.int64) if extra is None else extra
+        numbers = np.concatenate([records, bad_records])
+        newlines = np.concatenate([extra, bad_extra])
+        order = np.argsort(numbers, kind="stable")
+        before = np.empty_like(newlines)
+        before[order] = np.cumsum(newlines[order]) - newlines[order]
+        lines = numbers + self.shift + before
+        if len(numbers):
+            self.record_cursor = max(self.record_cursor, int(numbers.max()))
+        self.shift += int(newlines.sum())
+        k = len(records)
+        return lines[:k], [(int(line), text) for line, (_, text) in zip(lines[k:], malformed)]
+
+
+def _newlines_per_row(table: pa.Table) -> np.ndarray | None:
+    """Newlines inside each row's (quoted) fields, or None when there are none."""
+    import pyarrow.compute as pc
+
+    total = None
+    for column in table.columns:
+        count = pc.count_substring(column, "\n")
+        total = count if total is None else pc.add(total, count)
+    if total is None:
+        return None
+    counts = np.asarray(total.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return counts if counts.any() else None
 
 
 def iter_csv(
@@ -172,7 +217,9 @@ def iter_csv(
     )
     convert_options = pcsv.ConvertOptions(
         column_types={c: pa.string() for c in names},
-        include_columns=wanted,
+        # with quoting, every column is read: a newline inside any quoted field shifts the line
+        # numbers of the rows after it (rejected.parquet points at the right line)
+        include_columns=names if quoting else wanted,
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
     )
@@ -192,21 +239,39 @@ def iter_csv(
     stream = open_binary(path)
     try:
         reader = pcsv.open_csv(stream, read_options=read_options, parse_options=parse_options, convert_options=convert_options)
-        cursor = header_lines
+        counter = _LineCounter(header_lines)
         taken = 0
+        pending: list[tuple[int, str | None]] = []  # malformed records not placed in a batch yet
+        empty = None
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
             table = pa.Table.from_batches([batch])
-            bad_lines = np.array(sorted(n for n, _ in malformed if n is not None), dtype=np.int64)
-            lines = _assign_lines(table.num_rows, cursor, bad_lines)
-            if len(lines):
-                cursor = int(lines[-1])
-            new_bad = malformed[taken:]
+            bad_records = np.array(sorted(n for n, _ in malformed if n is not None), dtype=np.int64)
+            records = _assign_lines(table.num_rows, counter.record_cursor, bad_records)
+            pending += [(n, t) for n, t in malformed[taken:] if n is not None]
+            unnumbered = [(-1, t) for n, t in malformed[taken:] if n is None]  # still counted and quarantined
             taken = len(malformed)
-            yield Chunk(table, lines, [(n if n is not None else -1, t) for n, t in new_bad])
+            # pyarrow parses ahead: malformed records of later batches are reported early; each is
+            # placed with the batch its record number falls in
+            last = int(records[-1]) if len(records) else counter.record_cursor
+            here = [m for m in pending if m[0] <= last]
+            pending = [m for m in pending if m[0] > last]
+            lines, here = counter.batch(records, _newlines_per_row(table) if quoting else None, here)
+            if table.num_columns != len(wanted):
+                table = table.select(wanted)
+            empty = table.slice(0, 0)
+            yield Chunk(table, lines, here + unnumbered)
+        pending += [(n, t) for n, t in malformed[taken:] if n is not None]  # e.g. a file of malformed rows only
+        unnumbered = [(-1, t) for n, t in malformed[taken:] if n is None]
+        if pending or unnumbered:
+            lines, rest = counter.batch(np.zeros(0, np.int64), None, sorted(pending))
+            rest += unnumbered
+            if empty is None:
+                empty = pa.table({c: pa.array([], pa.string()) for c in wanted})
+            yield Chunk(empty, lines, rest)
     except pa.ArrowInvalid as exc:
         text = str(exc)
         if undecodable or "UTF8" in text or "utf8" in text.lower() and "invalid" in text.lower():
