@@ -232,19 +232,39 @@ def rank_rows(scorer: Scorer, log: EventLog, rows: np.ndarray, *, exclude=None, 
     return ranks, top
 
 
+TOPK_BLOCK = 512  # items per block whose maximum bounds the top-k threshold (see topk_items)
+
+
 def topk_items(scores: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndarray:
     """Indices of the k best items per row, best first (-1 pads when fewer items are left);
-    equal scores keep the lower item index first."""
-    scores = np.array(scores, dtype=np.float64)  # copy: masking writes into it
-    n, m = scores.shape
+    equal scores keep the lower item index first (also at the k-th place: exact, as tf.math.top_k).
+
+    No full partition of each row (≈10 ms per 1M-item row): the rows are cut into blocks of
+    TOPK_BLOCK items; the k-th largest block maximum t is <= the row's k-th largest score (the k
+    best blocks hold k items >= t), so every top-k item has a score >= t, and only those few
+    candidates are sorted by (score desc, index asc)."""
+    scores = np.asarray(scores, dtype=np.float64)
     if mask is not None:
-        scores[mask] = -np.inf
-    k_eff = min(k, m)
-    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff < m else np.tile(np.arange(m), (n, 1))
-    part_scores = np.take_along_axis(scores, part, 1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    best = np.take_along_axis(part, order, 1).astype(np.int32)
-    best[np.take_along_axis(part_scores, order, 1) == -np.inf] = -1
+        scores = np.where(mask, -np.inf, scores)
+    n, m = scores.shape
     out = np.full((n, k), -1, dtype=np.int32)
-    out[:, :k_eff] = best
+    k_eff = min(k, m)
+    if n == 0 or k_eff == 0:
+        return out
+    nb = m // TOPK_BLOCK
+    if nb >= 2 * k_eff:
+        block_max = scores[:, :nb * TOPK_BLOCK].reshape(n, nb, TOPK_BLOCK).max(axis=2)
+        if nb * TOPK_BLOCK < m:
+            block_max = np.concatenate([block_max, scores[:, nb * TOPK_BLOCK:].max(axis=1, keepdims=True)], axis=1)
+        cut = block_max.shape[1] - k_eff
+        threshold = np.partition(block_max, cut, axis=1)[:, cut]
+    else:
+        threshold = np.full(n, -np.inf)
+    rows, cols = np.nonzero(scores >= threshold[:, None])
+    values = scores[rows, cols]
+    order = np.lexsort((cols, -values, rows))  # by row, then score desc, then index asc
+    rows, cols, values = rows[order], cols[order], values[order]
+    place = np.arange(rows.size) - np.searchsorted(rows, rows, side="left")
+    keep = (place < k_eff) & (values > -np.inf)
+    out[rows[keep], place[keep]] = cols[keep]
     return out

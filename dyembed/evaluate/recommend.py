@@ -137,6 +137,7 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
 
     trained = api.load_trained(workdir)
     V = np.asarray(trained.item_matrix(), np.float32)
+    trained.release_features()  # only V is needed from here (X: 1.5 GB at 1M items × D 384)
     bias = np.asarray(trained.item_bias(), np.float32)
     tau = float(trained.temperature)
     U_state = trained.state.U

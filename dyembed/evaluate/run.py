@@ -228,17 +228,24 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
 
     from dyembed.replay import api
 
-    trained = api.load_trained(workdir)
-    warmup = _unconsumed_history(trained, log_, roles, ev.protocol)
-    exclude_np = bl.seen_csr(log_.n_users, log_.user_idx[history_rows], log_.item_idx[history_rows]) if masked else None
-    exclude_tf = api.seen_items(log_.n_users, log_.user_idx[history_rows], log_.item_idx[history_rows]) if masked else None
-
     names = ["dyembed"] + baselines
     if ev.protocol == "loo" and "frozen" in names:
         names.remove("frozen")
         notes.append("frozen is only defined for the temporal protocol (one test event per user in loo)")
     if models is not None:
         names = [n for n in names if n in models]
+
+    trained = api.load_trained(workdir)
+    # build what needs the [n_items, D] item features, then free them (1.5 GB at 1M items × D 384):
+    # the replay engine keeps V = X P + E, history-mean and static the numpy V
+    if {"dyembed", "frozen", "static"} & set(names):
+        trained.engine()
+    if {"history-mean", "static"} & set(names):
+        trained.item_matrix()
+    trained.release_features()
+    warmup = _unconsumed_history(trained, log_, roles, ev.protocol)
+    exclude_np = bl.seen_csr(log_.n_users, log_.user_idx[history_rows], log_.item_idx[history_rows]) if masked else None
+    exclude_tf = api.seen_items(log_.n_users, log_.user_idx[history_rows], log_.item_idx[history_rows]) if masked else None
     topk = max(ks)
     item_pct = popularity_percentile(np.bincount(log_.item_idx[history_rows], minlength=log_.n_items))
 

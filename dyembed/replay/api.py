@@ -43,7 +43,7 @@ class Trained:
     theta: dict[str, np.ndarray]
     state: UserState
     split: np.ndarray  # int8 role per event row used in training (0 train, 1 validation, 2 test)
-    features: np.ndarray
+    features: np.ndarray | None  # [n_items, D]; None after release_features()
     _engine: Any = field(default=None, repr=False)
     _V: np.ndarray | None = field(default=None, repr=False)
 
@@ -61,16 +61,29 @@ class Trained:
 
     @property
     def n_items(self) -> int:
-        return int(self.features.shape[0])
+        return int(self.theta["b"].shape[0])
 
     def item_matrix(self) -> np.ndarray:
-        """V = X P + E, float32 [n_items, d]."""
+        """V = X P + E, float32 [n_items, d] (numpy; cached)."""
         if self._V is None:
-            V = self.features.astype(np.float32) @ self.theta["P"]
+            features = self._features("item_matrix()")
+            V = np.asarray(features, np.float32) @ self.theta["P"]  # no float32 copy of X (1.5 GB at 1M items)
             if "E" in self.theta:
-                V = V + self.theta["E"]
-            self._V = V.astype(np.float32)
+                V += self.theta["E"]
+            self._V = V.astype(np.float32, copy=False)
         return self._V
+
+    def release_features(self) -> None:
+        """Free the [n_items, D] item features (1.5 GB at 1M items × D 384) once what needs them
+        is built: item_matrix() and engine() keep working when they were called before (the
+        engine holds V, not X); called for the first time afterwards they raise RuntimeError."""
+        self.features = None
+
+    def _features(self, what: str) -> np.ndarray:
+        if self.features is None:
+            raise RuntimeError(f"Trained.{what} needs the item features, released by release_features(); "
+                               "build it before releasing")
+        return self.features
 
     def item_bias(self) -> np.ndarray:
         return self.theta["b"].astype(np.float32)
@@ -87,7 +100,8 @@ class Trained:
             from dyembed.replay.engine import Engine
             from dyembed.replay.model import Model
 
-            model = Model(self.features, self.theta, self.config.model)
+            # θ is frozen here: the model keeps V = X P + E only (not X), computed once
+            model = Model(self._features("engine()"), self.theta, self.config.model, frozen=True)
             rt = self.config.runtime
             self._engine = Engine(model, self.spec, self.state, lr=0.0, num_negatives=self.config.model.num_negatives,
                                   mixed_precision=rt.mixed_precision, jit=rt.jit, max_block_mb=rt.max_block_mb)

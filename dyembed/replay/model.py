@@ -63,9 +63,19 @@ def init_theta(features: np.ndarray, cfg: ModelConfig, *, seed: int = 0, train_i
 
 
 class Model:
-    """θ as tf.Variables plus the frozen item features; `trainable` lists what `train` learns."""
+    """θ as tf.Variables plus the frozen item features; `trainable` lists what `train` learns.
 
-    def __init__(self, features: np.ndarray, theta: dict[str, np.ndarray], cfg: ModelConfig):
+    `frozen=True` (θ never changes: the replays of `evaluate`, via api.Trained.engine) computes the item matrix
+    V = X P + E once and keeps only V ([n_items, d]) on the device, not X ([n_items, D]: 1.5 GB
+    at 1M items × D 384) nor E; the replay then also skips the X·P matmul of every block. V is
+    computed in row chunks, so the device never holds X; TensorFlow's matmul gives the same bits
+    per row whatever the chunk (checked by tests/test_replay_api.py::test_frozen_model_same_item_matrix).
+    A frozen model cannot be trained or assigned.
+    """
+
+    FROZEN_CHUNK_ROWS = 65_536  # rows of X multiplied at a time when building a frozen V (~100 MB at D 384)
+
+    def __init__(self, features: np.ndarray, theta: dict[str, np.ndarray], cfg: ModelConfig, *, frozen: bool = False):
         tf = import_tensorflow()
         self.tf = tf
         self.cfg = cfg
@@ -83,18 +93,37 @@ class Model:
         if cfg.loss == "sampled" and "logq" not in theta:
             raise StateError("θ has no sampler 'logq' but model.loss is sampled")
         self.n_items, self.feature_dim, self.dim = n_items, feature_dim, d
-        self.X = tf.constant(features)
+        self.frozen = frozen
         self.P = tf.Variable(theta["P"], name="P")
-        self.E = tf.Variable(theta["E"], name="E") if cfg.item_residual else None
+        if frozen:
+            self.X = self.E = None
+            self._theta = theta  # the caller's arrays (to_numpy), no copy
+            self._V = self._frozen_item_matrix(features, theta.get("E") if cfg.item_residual else None)
+        else:
+            self.X = tf.constant(features)
+            self.E = tf.Variable(theta["E"], name="E") if cfg.item_residual else None
+            self._V = None
         self.b = tf.Variable(np.asarray(theta["b"], np.float32), name="b")
         self.log_tau = tf.Variable(np.asarray(theta["log_tau"], np.float32), name="log_tau")
         self.log_alpha = tf.Variable(np.asarray(theta["log_alpha"], np.float32), name="log_alpha")
         self.u0 = tf.Variable(np.asarray(theta["u0"], np.float32), name="u0")
         self.logq = tf.constant(np.asarray(theta["logq"], np.float32)) if "logq" in theta else None
 
+    def _frozen_item_matrix(self, features: np.ndarray, E: np.ndarray | None):
+        """V = X P (+ E) as one constant tensor, X sent to the device a chunk of rows at a time."""
+        tf = self.tf
+        parts = []
+        for lo in range(0, self.n_items, self.FROZEN_CHUNK_ROWS):
+            hi = min(self.n_items, lo + self.FROZEN_CHUNK_ROWS)
+            part = tf.matmul(tf.constant(features[lo:hi]), self.P)
+            parts.append(part + tf.constant(np.asarray(E[lo:hi], np.float32)) if E is not None else part)
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+
     @property
     def trainable(self) -> list:
         """The variables `train` updates (b only with model.item_bias, τ only with model.learn_temperature)."""
+        if self.frozen:
+            raise ValueError("a frozen Model (θ fixed, V precomputed) cannot be trained")
         out = [self.P, self.log_alpha, self.u0]
         if self.E is not None:
             out.append(self.E)
@@ -105,7 +134,9 @@ class Model:
         return out
 
     def item_matrix_tf(self):
-        """V = X P (+ E), a tensor (differentiable w.r.t. θ)."""
+        """V = X P (+ E), a tensor (differentiable w.r.t. θ; the precomputed constant when frozen)."""
+        if self._V is not None:
+            return self._V
         V = self.tf.matmul(self.X, self.P)
         return V + self.E if self.E is not None else V
 
@@ -124,12 +155,16 @@ class Model:
                "log_alpha": self.log_alpha.numpy(), "u0": self.u0.numpy()}
         if self.E is not None:
             out["E"] = self.E.numpy()
+        elif self.frozen and "E" in self._theta and self.cfg.item_residual:
+            out["E"] = np.array(self._theta["E"], np.float32)
         if self.logq is not None:
             out["logq"] = self.logq.numpy()
         return out
 
     def assign(self, theta: dict[str, np.ndarray]) -> None:
         """Load θ values (same shapes) into the variables, e.g. the best epoch's θ."""
+        if self.frozen:
+            raise ValueError("a frozen Model (θ fixed, V precomputed) cannot be assigned a new θ")
         for name in ("P", "E", "b", "log_tau", "log_alpha", "u0"):
             var = getattr(self, name)
             if var is not None and name in theta:

@@ -246,6 +246,8 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
     theta0 = init_theta(features, mcfg, seed=tcfg.seed, train_items=train_items_cat, neg_kind=mcfg.neg_sampling)
     del train_items_cat
     model = Model(features, theta0, mcfg)
+    feature_dim = int(features.shape[1])
+    del features, theta0  # the model holds its own copies (X on the device: 1.5 GB at 1M items × D 384)
     engine = _make_engine(model, spec, None, cfg, n_users=n_users)
     reset = lambda: engine.reset_users(seed=tcfg.seed, init_scale=mcfg.init_scale)  # noqa: E731
     rng = np.random.default_rng(tcfg.seed)
@@ -354,7 +356,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
     watermark = {"rows": n_rows, "last_ts": last_ts}
     save_state(workdir, users=state, theta=model.to_numpy(), roles=roles,
                manifest={"watermark": watermark, "n_users": state.n_users, "n_items": n_items, "dim": mcfg.dim,
-                         "feature_dim": int(features.shape[1]), "rule": mcfg.rule, "loss": mcfg.loss,
+                         "feature_dim": feature_dim, "rule": mcfg.rule, "loss": mcfg.loss,
                          "user_init": mcfg.user_init, "split": settings, "train": summary},
                config_toml=to_toml(cfg), keep=cfg.runtime.keep_states)
     summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -415,6 +417,8 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
                     len(new), watermark["last_ts"])
     n_users = n_users_of(workdir, max(int(new.user_idx.max()) if len(new) else 0, users.n_users - 1))
     model = Model(features, theta, mcfg)
+    n_items, feature_dim = (int(x) for x in features.shape)
+    del features, theta  # the model holds its own copies
     engine = _make_engine(model, spec, users, cfg, n_users=n_users)  # new users start fresh
     del users
     loss = float("nan")
@@ -439,7 +443,7 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
         "update_global": update_global,
         "new_events": len(new),
         "users": state.n_users,
-        "items": int(features.shape[0]),
+        "items": n_items,
         "loss": None if not math.isfinite(loss) else round(loss, 5),
         "events_per_second": round(len(new) / max(seconds, 1e-9), 1),
         "previous_watermark": watermark,
@@ -449,8 +453,8 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
     train_info["resumes"] = train_info.get("resumes", []) + [
         {k: summary[k] for k in ("new_events", "update_global", "loss", "watermark")}]
     save_state(workdir, users=state, theta=model.to_numpy(), roles=new_roles,
-               manifest={"watermark": new_mark, "n_users": state.n_users, "n_items": int(features.shape[0]),
-                         "dim": mcfg.dim, "feature_dim": int(features.shape[1]), "rule": mcfg.rule, "loss": mcfg.loss,
+               manifest={"watermark": new_mark, "n_users": state.n_users, "n_items": n_items,
+                         "dim": mcfg.dim, "feature_dim": feature_dim, "rule": mcfg.rule, "loss": mcfg.loss,
                          "user_init": mcfg.user_init, "split": manifest.get("split"), "train": train_info},
                config_toml=to_toml(cfg), keep=cfg.runtime.keep_states)
     summary["seconds"] = round(time.perf_counter() - started, 3)
