@@ -1,9 +1,9 @@
 """Catalogue-scale benchmark: a 1M-item work dir through `dyembed train`, `evaluate` and `recommend`.
 
-    python bench/bench_catalogue.py                               # 1M items, 10k users, 250k events (~17 min)
+    python bench/bench_catalogue.py                               # 1M items, 10k users, 150k events
     python bench/bench_catalogue.py --users 20000 --events 500000 # the full-size run (~40 min)
     python bench/bench_catalogue.py --work /tmp/cat1m --reuse     # keep / reuse the built work dir
-    python bench/bench_catalogue.py --users 2000 --events 50000   # 1M items, quick (~6 min)
+    python bench/bench_catalogue.py --users 2000 --events 50000   # 1M items, quick (~7 min)
     python bench/bench_catalogue.py --protocols loo,temporal --temporal-fraction 0.02
 
 The work dir is built the honest way, with the commands a user runs: `dyembed synth` (a drifting-
@@ -17,13 +17,13 @@ Then, per protocol (loo by default; temporal adds a second training with its own
   per-epoch validation replay ranks every replayed row, training rows included, over the whole
   catalogue: about an hour per epoch at the full size; --validation turns it on). A training
   step costs ~90 ms at 1M items whatever its lane count, and a window needs at least as many
-  steps as its busiest user has events (synth's Pareto activity: 1.7 % of all events), so the
+  steps as its busiest user has events (synth's Pareto activity: about 2 % of all events), so the
   training time follows --events, not --users;
 - `dyembed evaluate` (full ranking over every item for dyembed and each baseline, --baselines);
 and once `dyembed recommend --k 10 --exclude-seen --out recs.parquet` for every user.
 
 Every command runs in its own subprocess (the CLI called in-process by this file's --child mode),
-so the peak RSS reported for it (VmHWM from /proc, MiB; it includes ~370 MiB of TensorFlow's
+so the peak RSS reported for it (VmHWM from /proc, MiB; it includes ~410 MiB of TensorFlow's
 shared-library pages) is that command's alone. The cap settings (`runtime.max_block_mb`,
 `evaluate.max_block_mb`) are passed explicitly and recorded.
 """
@@ -122,7 +122,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--users", type=int, default=10_000)
-    ap.add_argument("--events", type=int, default=250_000)
+    ap.add_argument("--events", type=int, default=150_000)
     ap.add_argument("--dim", type=int, default=384, help="feature dimension D (encode.hashing_dim)")
     ap.add_argument("--work", type=Path, help="work directory (default: a temporary one, removed at the end)")
     ap.add_argument("--reuse", action="store_true", help="reuse --work when it already holds item_embeddings.parquet")

@@ -65,12 +65,12 @@ def init_theta(features: np.ndarray, cfg: ModelConfig, *, seed: int = 0, train_i
 class Model:
     """θ as tf.Variables plus the frozen item features; `trainable` lists what `train` learns.
 
-    `frozen=True` (θ never changes: the replays of `evaluate`, via api.Trained.engine) computes the item matrix
+    `frozen=True` (θ never changes: the replays of `evaluate`, via api.Trained.engine) computes
     V = X P + E once and keeps only V ([n_items, d]) on the device, not X ([n_items, D]: 1.5 GB
     at 1M items × D 384) nor E; the replay then also skips the X·P matmul of every block. V is
     computed in row chunks, so the device never holds X; TensorFlow's matmul gives the same bits
-    per row whatever the chunk (checked by tests/test_replay_api.py::test_frozen_model_same_item_matrix).
-    A frozen model cannot be trained or assigned.
+    per row whatever the chunk (tests/test_catalogue_memory.py checks them). A frozen model
+    cannot be trained or assigned.
     """
 
     FROZEN_CHUNK_ROWS = 65_536  # rows of X multiplied at a time when building a frozen V (~100 MB at D 384)
