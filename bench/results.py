@@ -46,8 +46,8 @@ DATASETS: dict[str, dict[str, dict[str, Any]]] = {
     "ml-latest-small": {"data": {"format": "movielens-latest", "input": "data/ml-latest-small"}},
     "amazon-magazine-2018": {"data": {"format": "amazon-2018", "input": "data/amazon-magazine-2018"}},
 }
-# leave-last-out masks the user's history (as RecBole's full-ranking tables); temporal does not
-MASK_SEEN = {"loo": "on", "temporal": "off"}
+# masking follows dyembed's one rule (dyembed/masking.py, evaluate.mask_seen = "auto"): the same
+# for every protocol and every model; --set evaluate.mask_seen=off shows the unmasked numbers
 PROTOCOLS = ["loo", "temporal"]
 COPY = ["events.parquet", "items.parquet", "users.parquet", "item_embeddings.parquet", "manifest.json",
         "encode_manifest.json", "config.toml", "rejected.parquet"]
@@ -65,7 +65,7 @@ def dataset_config(name: str, protocol: str, model_dir: Path) -> tuple[Config, d
             mapping.setdefault(section, {}).update(copy.deepcopy(values))
     mapping["data"]["input"] = str(SHARED / mapping["data"]["input"])
     mapping.setdefault("encode", {})["encoder"] = f"hf:{model_dir}"
-    mapping["evaluate"].update(protocol=protocol, mask_seen=MASK_SEEN[protocol])
+    mapping["evaluate"]["protocol"] = protocol
     cfg = load_config(SHIPPED_CONFIG[name])
     if name == "ml-latest-small":
         cfg.data.text_template = ""  # the format's default text, which adds the tags ml-100k lacks

@@ -61,7 +61,8 @@ def render_report(report: dict[str, Any], console=None) -> None:
         import datetime as dt
 
         head += f" (cut {dt.datetime.fromtimestamp(split['cut_ts'], dt.timezone.utc):%Y-%m-%d %H:%M} UTC)"
-    head += (f" · seen items masked: {'yes' if masking['seen_masked'] else 'no'} ({masking['setting']})"
+    head += (f" · seen items masked: {'yes' if masking['seen_masked'] else 'no'} "
+             f"({masking.get('reason', masking['setting'])})"
              f" · {counts['test_events']:,} test events, {counts['test_users']:,} users"
              + (f", {counts['skipped_users']:,} users skipped (< 3 events)" if report["protocol"] == "loo" else "")
              + f" · {counts['items']:,} items, full ranking, pessimistic ties")
@@ -120,7 +121,7 @@ def register(app: typer.Typer) -> None:
         test_fraction: Annotated[float | None, typer.Option("--test-fraction", help="temporal: last fraction of events that is test.")] = None,
         test_start: Annotated[str | None, typer.Option("--test-start", help="temporal: cut time, unix seconds or ISO date (overrides --test-fraction).")] = None,
         k: Annotated[list[int] | None, typer.Option("--k", help="Cut-off K (repeatable: --k 10 --k 20).")] = None,
-        mask_seen: Annotated[str | None, typer.Option("--mask-seen", help="auto (on for loo, off for temporal), on or off.")] = None,
+        mask_seen: Annotated[str | None, typer.Option("--mask-seen", help="auto (masked when < evaluate.repeat_threshold of history events are repeats), on or off.")] = None,
         baselines: Annotated[list[str] | None, typer.Option("--baselines", help="pop, recent-pop, random, history-mean, static, frozen (comma-separated or repeated; 'none').")] = None,
         json_out: Annotated[str | None, typer.Option("--json", help="Write the JSON report to FILE ('-' = stdout).")] = None,
         dump_ranks: Annotated[Path | None, typer.Option("--dump-ranks", help="Parquet of (model, user_id, item_id, ts, rank) per test event.")] = None,

@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
     def train_command(
         workdir: Annotated[Path, typer.Argument(help="Work directory (events.parquet, item_embeddings.parquet).")],
         epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum number of epochs.")] = None,
+        protocol: Annotated[str | None, typer.Option(
+            "--protocol", help="Split to train and validate on: loo | temporal | none (none: every event is training; "
+                               "default: train.protocol, whose 'evaluate' takes [evaluate] protocol).")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Replay only events newer than the state's watermark.")] = False,
         update_global: Annotated[bool, typer.Option("--update-global", help="With --resume: also update θ on the new events.")] = False,
         device: Annotated[str | None, typer.Option("--device", help="auto | cpu | gpu.")] = None,
@@ -61,11 +64,13 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """Learn the global parameters θ by replaying the training period, and store the users' states."""
+        if protocol is not None and protocol not in ("loo", "temporal", "none"):
+            raise typer.BadParameter("must be loo, temporal or none", param_hint="--protocol")
         if device is not None and device not in ("auto", "cpu", "gpu"):
             raise typer.BadParameter("must be auto, cpu or gpu", param_hint="--device")
         from dyembed.replay.train import train
 
-        flags = {"train.epochs": epochs, "runtime.device": device,
+        flags = {"train.epochs": epochs, "train.protocol": protocol, "runtime.device": device,
                  "train.tensorboard": str(tensorboard) if tensorboard else None}
         cfg = resolve_config(config, set_, flags, workdir)
         bar_state: dict[str, Any] = {"bar": None, "key": None}

@@ -199,8 +199,10 @@ class EvaluateConfig:
     test_fraction: float = 0.2
     test_start: int | None = None
     ks: list[int] = field(default_factory=lambda: [10, 20])
-    # auto = on for loo (RecBole's full-ranking tables mask history), off for temporal (repeats are real)
+    # auto = masked iff fewer than repeat_threshold of the history events repeat an earlier item of
+    # their user (dyembed/masking.py: the one rule for every model and protocol); on / off force it
     mask_seen: str = _choice("auto", ["auto", "on", "off"])
+    repeat_threshold: float = 0.05
     # any of pop, recent-pop, random, history-mean, static, frozen (frozen: temporal protocol only)
     baselines: list[str] = field(default_factory=lambda: ["pop", "recent-pop", "random", "history-mean", "static", "frozen"])
     bootstrap: int = 200

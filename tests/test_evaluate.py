@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from dyembed.config import Config
 from dyembed.errors import ConfigError, InputDataError
-from dyembed.evaluate.run import check_config, evaluate, make_roles, masking_on
+from dyembed.evaluate.run import check_config, evaluate, make_roles
 from dyembed.evaluate.baselines import EventLog
 from evaluate_world import loo_workdir, temporal_workdir, write_world  # noqa: F401 - fixtures
 
@@ -53,13 +53,6 @@ def test_temporal_split_and_masking_defaults():
     cfg.evaluate.test_start = 45
     roles, info = make_roles(log, cfg.evaluate)
     assert (roles == 2).sum() == 5 and info["cut_ts"] == 50
-    assert not masking_on(cfg.evaluate)
-    cfg.evaluate.protocol = "loo"
-    assert masking_on(cfg.evaluate)
-    cfg.evaluate.mask_seen = "off"
-    assert not masking_on(cfg.evaluate)
-    cfg.evaluate.protocol, cfg.evaluate.mask_seen = "temporal", "on"
-    assert masking_on(cfg.evaluate)
 
 
 def test_bad_config_is_a_config_error():
@@ -155,7 +148,9 @@ def test_loo_report_json_dump_and_plot(loo_workdir, out_dir):
     assert any("frozen" in n for n in report["notes"])
     c = report["counts"]
     assert c["test_events"] == c["test_users"] == 30 and c["validation_events"] == 30 and c["skipped_users"] == 0
-    assert report["masking"] == {"setting": "auto", "seen_masked": True, "seen_items": "items of the user's earlier events"}
+    masking = report["masking"]
+    assert masking["setting"] == "on" and masking["seen_masked"] and masking["seen_items"] == "items of the user's earlier events"
+    assert masking["repeat_rate"] > 0.2 and masking["reason"].startswith("forced on (")
     assert report["ks"] == [5, 10] and report["primary_metric"] == "ndcg@10"
     for res in report["models"].values():
         assert res["per_event"] == res["per_user"]  # one test event per user
@@ -226,7 +221,7 @@ def test_temporal_report_prequential_and_frozen(temporal_workdir, out_dir):
 def test_state_trained_for_another_protocol_exits_4(loo_workdir):
     result = invoke("evaluate", loo_workdir, "--protocol", "temporal", "--baselines", "none")
     assert result.exit_code == 4, result.output
-    assert "already replayed" in result.output and "rerun `dyembed train`" in result.output
+    assert "already replayed" in result.output and "--protocol temporal` (same test settings)" in result.output
 
 
 def _change_item_and_rank(workdir, out_dir, tmp_path, protocol, models):

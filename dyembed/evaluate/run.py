@@ -35,6 +35,7 @@ from dyembed.evaluate import baselines as bl
 from dyembed.evaluate.metrics import RankAccumulator, TopKAccumulator, metric_names, popularity_percentile
 from dyembed.evaluate.report import SCHEMA, validate_report, write_plot, write_rank_dump, write_report
 from dyembed.lock import settle_interrupted_writes
+from dyembed.masking import decide as decide_masking
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,6 @@ def make_roles(log_: bl.EventLog, ev: EvaluateConfig, validation_fraction: float
                    "test_start": ev.test_start, "skipped_users": 0}
 
 
-def masking_on(ev: EvaluateConfig) -> bool:
-    return ev.mask_seen == "on" or (ev.mask_seen == "auto" and ev.protocol == "loo")
-
-
 # --------------------------------------------------------------------------- models
 
 
@@ -153,7 +150,8 @@ def _unconsumed_history(trained: Any, log_: bl.EventLog, roles: np.ndarray, prot
         trained_with = trained.manifest.get("split", {}).get("protocol", "?")
         raise StateError(f"the trained state has already replayed {int(leaked.sum())} test events of this "
                          f"'{protocol}' split (it was trained with protocol '{trained_with}' or another cut); "
-                         "rerun `dyembed train` with the same [evaluate] protocol/test settings")
+                         f"rerun `dyembed train {trained.workdir} --protocol {protocol}` (same test settings) "
+                         "before evaluating this protocol")
     return np.flatnonzero((roles != 2) & ~consumed)
 
 
@@ -223,7 +221,9 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
                  else f"no event at or after the cut ts {split_info['cut_ts']}")
         raise InputDataError(f"empty test split for protocol '{ev.protocol}' in {workdir}: {where}")
     history_rows = np.flatnonzero(roles != 2)
-    masked = masking_on(ev)
+    masking = decide_masking(ev.mask_seen, log_.user_idx[history_rows], log_.item_idx[history_rows],
+                             ev.repeat_threshold)
+    masked = masking.masked
     notes: list[str] = []
 
     from dyembed.replay import api
@@ -298,7 +298,7 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
         "workdir": str(workdir),
         "protocol": ev.protocol,
         "split": split_info,
-        "masking": {"setting": ev.mask_seen, "seen_masked": masked,
+        "masking": {**masking.to_dict(),
                     "seen_items": ("items of the user's earlier events" if ev.protocol == "loo"
                                    else "items of the user's events before the cut") if masked else "none"},
         "ks": ks,

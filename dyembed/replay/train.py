@@ -29,6 +29,7 @@ import numpy as np
 from dyembed.config import Config, to_toml
 from dyembed.errors import ConfigError, InputDataError, StateError
 from dyembed.lock import WorkdirLock
+from dyembed.masking import decide as decide_masking
 from dyembed.replay.io import Events, check_events, events_rows, iter_events, load_features, n_users_of, read_events
 from dyembed.replay.seen import seen_items
 from dyembed.replay.spec import RuleSpec
@@ -60,11 +61,6 @@ def compute_roles(user_idx: np.ndarray, ts: np.ndarray, settings: dict[str, Any]
         return temporal_split(ts, test_fraction=settings["test_fraction"], test_start=settings["test_start"],
                               validation_fraction=settings["validation_fraction"] if validation else 0.0)
     raise ConfigError(f"unknown split protocol {protocol!r}")
-
-
-def mask_seen_for(cfg: Config, protocol: str) -> bool:
-    mode = cfg.evaluate.mask_seen
-    return mode == "on" or (mode == "auto" and protocol == "loo")
 
 
 def ndcg_at(ranks: np.ndarray, k: int) -> float:
@@ -239,9 +235,13 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
         seen_u.append(part.user_idx)
     train_items_cat = np.concatenate(train_items)
     seen = None
-    if n_val and mask_seen_for(cfg, settings["protocol"]):
-        seen = seen_items(n_users, np.concatenate(seen_u), train_items_cat)
-    del seen_u, train_items
+    seen_users = np.concatenate(seen_u)
+    # validation ranks are masked as evaluate will mask the test ranks: one rule (dyembed.masking),
+    # decided here on the rows that are history for the validation events
+    if n_val and decide_masking(cfg.evaluate.mask_seen, seen_users, train_items_cat,
+                                cfg.evaluate.repeat_threshold).masked:
+        seen = seen_items(n_users, seen_users, train_items_cat)
+    del seen_u, train_items, seen_users
 
     theta0 = init_theta(features, mcfg, seed=tcfg.seed, train_items=train_items_cat, neg_kind=mcfg.neg_sampling)
     del train_items_cat
