@@ -89,7 +89,7 @@ def make_engine(X, items_for_init, *, dim, rule, loss, negatives, n_users, lr):
     theta = init_theta(X, cfg, seed=0, train_items=items_for_init)
     model = Model(X, theta, cfg)
     spec = RuleSpec.from_config(cfg)
-    state = UserState.fresh(n_users, dim, spec.n_slots, u0=theta["u0"])
+    state = UserState.fresh(n_users, dim, spec.n_slots, u0=theta.u0)
     return Engine(model, spec, state, lr=lr, num_negatives=negatives), state
 
 
@@ -285,7 +285,7 @@ def memory_check(state_dir: Path, *, load: bool, n_users: int = 1_000_000, dim: 
            "events_replayed": events, "user_table_mb": n_users * dim * 4 * 3 / 2**20,
            "rss_before_table_mb": base, "peak_rss_after_table_mb": after_table, "peak_rss_after_replay_mb": peak_rss_mb()}
     if not load:
-        save_state(state_dir, users=engine.streamed_state(), theta=model.to_numpy(), roles=np.zeros(events, np.int8),
+        save_state(state_dir, users=engine.streamed_state(), theta=model.to_theta().arrays(), roles=np.zeros(events, np.int8),
                    manifest={"watermark": {"rows": events, "last_ts": int(ts[-1])}}, config_toml="")
     out.update(peak_rss_mb=peak_rss_mb(), rss_file_mb=_status_mb("RssFile"), rss_anon_mb=_status_mb("RssAnon"))
     return out

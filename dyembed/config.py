@@ -157,6 +157,18 @@ class ModelConfig:
     eps: float = 1e-8
     # scale each event's user gradient by the events.parquet `weight` column when present
     use_weights: bool = True
+    # the user's last `history` items are part of its state (a ring buffer, 4 bytes per item and
+    # user); the context and repeat terms read them. 0 = no recent items kept
+    history: int = 0
+    # repeat term: s_j += β h_j, h_j = Σ γr^age over the recent items equal to j (β, γr learned;
+    # β < 0 learns to hold back what the user just consumed, β > 0 to re-offer it)
+    repeat: bool = False
+    repeat_init: float = 0.0
+    repeat_decay: float = 0.9
+    # context term: the query is u + c W, c = the γc-decayed mean of the recent items' vectors
+    # (W starts at 0, W and γc learned): short-term, sequential patterns
+    context: bool = False
+    context_decay: float = 0.5
 
 
 @dataclass
@@ -176,6 +188,13 @@ class TrainConfig:
     truncation: int = 25
     # L2 on the projection P and the item residual E
     weight_decay: float = 0.0
+    # Adam learning rate of the dynamics scalars (β and the decays of model.repeat / model.context);
+    # 0 = train.lr. They need larger steps than the item side to move within a few epochs
+    scalar_lr: float = 0.0
+    # θ's loss per block: "events" divides the block's summed loss by its capacity (lanes ×
+    # truncation), so every event weighs the same in an epoch; "block" by the block's own event
+    # weight, which over-weights the late, sparse blocks of long-history users
+    loss_normalizer: str = _choice("block", ["events", "block"])
     # early stopping on validation NDCG@val_k (needs validation rows); patience in epochs
     patience: int = 3
     validation: bool = True

@@ -105,7 +105,7 @@ def write_state(workdir: Path, protocol: str, seed: int = 0) -> None:
              "b": 0.1 * rng.standard_normal(n_items).astype(np.float32),
              "log_tau": np.array(0.0, np.float32), "log_alpha": np.array(np.log(0.5), np.float32),
              "u0": 0.2 * rng.standard_normal(d).astype(np.float32)}
-    users = UserState.fresh(n_users, d, 0, init="prior", u0=theta["u0"])
+    users = UserState.fresh(n_users, d, 0, init="prior", u0=theta["u0"])  # theta: the arrays theta.npz holds
     users.U += rng.standard_normal(users.U.shape).astype(np.float32)
     history = roles != 2
     users.count[:] = np.bincount(ev.user_idx.values[history], minlength=n_users)

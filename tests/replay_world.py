@@ -25,18 +25,24 @@ def random_events(n: int, n_users: int, n_items: int, seed: int = 0) -> tuple[np
     return users, items, ts
 
 
-def random_theta(X: np.ndarray, cfg: ModelConfig, items: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """θ with non-trivial E, u0, per-dim α (when configured) so every term of the rule matters."""
+def random_theta(X: np.ndarray, cfg: ModelConfig, items: np.ndarray, seed: int = 0):
+    """θ with non-trivial E, u0, per-dim α (when configured), W, β and decays, so every term of the rule matters."""
     from dyembed.replay.model import init_theta
 
     rng = np.random.default_rng(seed)
     theta = init_theta(X, cfg, seed=seed, train_items=items)
-    if "E" in theta:
-        theta["E"] = (rng.standard_normal(theta["E"].shape) * 0.3).astype(np.float32)
-    theta["u0"] = (rng.standard_normal(cfg.dim) * 0.2).astype(np.float32)
-    theta["log_alpha"] = np.log(rng.uniform(0.05, 0.2, theta["log_alpha"].shape)).astype(np.float32)
-    theta["log_tau"] = np.array(np.log(0.8), np.float32)
-    return theta
+    values = {"u0": (rng.standard_normal(cfg.dim) * 0.2).astype(np.float32),
+              "log_alpha": np.log(rng.uniform(0.05, 0.2, theta.log_alpha.shape)).astype(np.float32),
+              "log_tau": np.array(np.log(0.8), np.float32)}
+    if theta.E is not None:
+        values["E"] = (rng.standard_normal(theta.E.shape) * 0.3).astype(np.float32)
+    if theta.W is not None:
+        values["W"] = (rng.standard_normal(theta.W.shape) * 0.3).astype(np.float32)
+        values["logit_context_decay"] = np.array(0.4, np.float32)
+    if theta.beta is not None:
+        values["beta"] = np.array(-0.7, np.float32)
+        values["logit_repeat_decay"] = np.array(1.2, np.float32)
+    return theta.replace(**values)
 
 
 def write_workdir(workdir: Path, users: np.ndarray, items: np.ndarray, ts: np.ndarray, X: np.ndarray,

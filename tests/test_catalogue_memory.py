@@ -88,8 +88,8 @@ def test_frozen_model_same_item_matrix(monkeypatch):
     frozen = Model(X, theta, cfg, frozen=True)
     assert frozen.X is None and frozen.E is None
     np.testing.assert_array_equal(frozen.item_matrix_tf().numpy(), plain.item_matrix_tf().numpy())
-    for name, value in plain.to_numpy().items():
-        np.testing.assert_array_equal(frozen.to_numpy()[name], value)
+    for name, value in plain.to_theta().arrays().items():
+        np.testing.assert_array_equal(frozen.to_theta().arrays()[name], value)
     with pytest.raises(ValueError, match="frozen"):
         frozen.trainable  # noqa: B018 - the property raises
     with pytest.raises(ValueError, match="frozen"):
@@ -101,7 +101,7 @@ def test_frozen_engine_replays_the_same_numbers(monkeypatch, loss):
     monkeypatch.setattr(Model, "FROZEN_CHUNK_ROWS", 16)
     cfg, X, theta, (users, items, ts) = small_model_inputs(loss=loss)
     spec = RuleSpec.from_config(cfg)
-    state = UserState.fresh(9, cfg.dim, spec.n_slots, u0=theta["u0"])
+    state = UserState.fresh(9, cfg.dim, spec.n_slots, u0=theta.u0)
     seen = seen_items(9, users[:150], items[:150])
     outs = []
     for frozen in (False, True):
@@ -123,7 +123,7 @@ def test_release_features_keeps_what_was_built():
     model_cfg, X, theta, (users, items, ts) = small_model_inputs()
     cfg.model = model_cfg
     spec = RuleSpec.from_config(model_cfg)
-    state = UserState.fresh(9, 6, spec.n_slots, u0=theta["u0"])
+    state = UserState.fresh(9, 6, spec.n_slots, u0=theta.u0)
 
     def make() -> Trained:
         return Trained(workdir=None, config=cfg, manifest={}, theta=theta, state=state, split=np.zeros(0, np.int8),

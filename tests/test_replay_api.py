@@ -25,10 +25,10 @@ def trained() -> Trained:
     users, items, ts = random_events(300, N_USERS, N_ITEMS, seed=4)
     theta = random_theta(X, cfg.model, items, seed=5)
     X[7] = X[3]  # items 3 and 7 tie exactly (same features, residual and bias)
-    theta["E"][7] = theta["E"][3]
-    theta["b"][7] = theta["b"][3]
+    theta.E[7] = theta.E[3]
+    theta.b[7] = theta.b[3]
     spec = RuleSpec.from_config(cfg.model)
-    state = UserState.fresh(N_USERS, 6, spec.n_slots, u0=theta["u0"])
+    state = UserState.fresh(N_USERS, 6, spec.n_slots, u0=theta.u0)
     state.U += np.random.default_rng(6).standard_normal(state.U.shape).astype(np.float32)
     return Trained(workdir=None, config=cfg, manifest={}, theta=theta, state=state, split=np.zeros(0, np.int8), features=X)
 
@@ -156,8 +156,8 @@ def test_init_theta_starts_at_popularity():
     cfg = Config().model
     items = np.array([0, 0, 0, 1, 2, 2])
     theta = init_theta(features(4, 5), cfg, train_items=items)
-    assert np.argsort(-theta["b"]).tolist()[:3] == [0, 2, 1]
-    assert theta["P"].shape == (5, cfg.dim) and theta["E"].shape == (4, cfg.dim)
+    assert np.argsort(-theta.b).tolist()[:3] == [0, 2, 1]
+    assert theta.P.shape == (5, cfg.dim) and theta.E.shape == (4, cfg.dim)
 
 
 def test_a_state_with_more_users_gets_a_fresh_table(trained):

@@ -1,9 +1,11 @@
-"""The correctness contract, one suite for every rule × loss (θ frozen):
+"""The correctness contract, one suite for every rule × loss × user-state variant (θ frozen):
 
 batched t-batch replay == one-event-at-a-time float64 numpy reference (states, per-event scores,
 losses, ranks; rtol 1e-4); closed-form gradient == GradientTape; replay(A+B) == replay(A) then B;
 same seed ⇒ same numbers; batch sizes that don't divide the data; a user with thousands of
 events; a batch where every event is one user; inputs not mutated; state save/load round trip.
+The "recent" variant keeps each user's last HISTORY items (fewer than most users' events, so the
+ring wraps) and has the context (c W) and repeat (β h) terms on.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from dyembed.replay.spec import LOSSES, RULES, RuleSpec
 from dyembed.replay.state import UserState, load_state, save_state
 from replay_world import features, random_events, random_theta
 
-COMBOS = list(itertools.product(RULES, LOSSES))
-N_USERS, N_ITEMS, D, DIM, NEG = 9, 40, 12, 6, 7
+VARIANTS = ("plain", "recent")
+COMBOS = list(itertools.product(RULES, LOSSES, VARIANTS))
+N_USERS, N_ITEMS, D, DIM, NEG, HISTORY = 9, 40, 12, 6, 7, 5
 
 
-def model_config(rule: str, loss: str, **extra) -> ModelConfig:
+def model_config(rule: str, loss: str, variant: str = "plain", **extra) -> ModelConfig:
     base = dict(dim=DIM, rule=rule, loss=loss, num_negatives=NEG, l2_prior=0.05, decay_half_life_days=1.0,
                 clip_norm=3.0, per_dim_step=True)
+    if variant == "recent":
+        base.update(history=HISTORY, context=True, repeat=True)
     base.update(extra)
     return ModelConfig(**base)
 
@@ -35,22 +40,22 @@ def model_config(rule: str, loss: str, **extra) -> ModelConfig:
 class World:
     """One engine per rule × loss (traced once, reused by every test of the module)."""
 
-    def __init__(self, rule: str, loss: str):
+    def __init__(self, rule: str, loss: str, variant: str = "plain"):
         from dyembed.replay.engine import Engine
         from dyembed.replay.model import Model
 
-        self.cfg = model_config(rule, loss)
+        self.cfg = model_config(rule, loss, variant)
         self.spec = RuleSpec.from_config(self.cfg)
         self.X = features(N_ITEMS, D, seed=1)
         self.users, self.items, self.ts = random_events(500, N_USERS, N_ITEMS, seed=2)
         self.weight = np.random.default_rng(3).uniform(0.5, 1.5, len(self.users)).astype(np.float32)
         self.theta = random_theta(self.X, self.cfg, self.items, seed=4)
         self.model = Model(self.X, self.theta, self.cfg)
-        self.state0 = UserState.fresh(N_USERS, DIM, self.spec.n_slots, init="prior", u0=self.theta["u0"])
+        self.state0 = UserState.fresh(N_USERS, DIM, self.spec.n_slots, init="prior", u0=self.theta.u0,
+                                      history=self.cfg.history)
         self.engine = Engine(self.model, self.spec, self.state0, lr=0.0, num_negatives=NEG)
         self.seen = seen_items(N_USERS, self.users[:150], self.items[:150])
-        self.params = ReferenceParams(V=self.model.item_matrix(), b=self.theta["b"], tau=self.model.temperature,
-                                      alpha=self.model.alpha(), u0=self.theta["u0"], logq=self.theta.get("logq"))
+        self.params = ReferenceParams.from_theta(self.theta, self.X, V=self.model.item_matrix())
 
     def run(self, users=None, items=None, ts=None, weight="default", state=None, *, lanes=3, steps=7, window=170,
             seed=0, exclude="default", update=True):
@@ -89,7 +94,7 @@ class World:
 _WORLDS: dict = {}
 
 
-@pytest.fixture(params=COMBOS, ids=[f"{r}-{l}" for r, l in COMBOS])
+@pytest.fixture(params=COMBOS, ids=[f"{r}-{l}-{v}" for r, l, v in COMBOS])
 def world(request) -> World:
     if request.param not in _WORLDS:
         _WORLDS[request.param] = World(*request.param)
@@ -99,6 +104,9 @@ def world(request) -> World:
 def assert_state_close(got: UserState, want: UserState, rtol=1e-4, atol=1e-5):
     np.testing.assert_allclose(got.U, want.U, rtol=rtol, atol=atol)
     np.testing.assert_allclose(got.slots, want.slots, rtol=rtol, atol=atol)
+    assert (got.recent is None) == (want.recent is None)
+    if got.recent is not None:
+        assert np.array_equal(got.recent, want.recent)
     assert np.array_equal(got.count, want.count)
     assert np.array_equal(got.last_ts, want.last_ts)
 
@@ -198,30 +206,39 @@ def test_every_event_one_user(world):
 
 
 def test_closed_form_gradient_equals_gradient_tape(world):
+    """∇u in closed form == the tape's, with extra score terms that do not depend on u (β h) and
+    a shifted query (u + c W): the score stays linear in u with coefficient v / τ."""
     import tensorflow as tf
 
-    from dyembed.replay.engine import full_loss_grad, sampled_loss_grad
+    from dyembed.replay import rules
 
     rng = np.random.default_rng(8)
     V = tf.constant(world.params.V, tf.float32)
     b = tf.constant(world.params.b, tf.float32)
     tau = tf.constant(world.params.tau, tf.float32)
+    logq = tf.constant(world.params.logq if world.params.logq is not None else np.zeros(N_ITEMS), tf.float32)
+    extra = tf.constant(rng.standard_normal((5, N_ITEMS)).astype(np.float32))  # stands for β h
+    shift = tf.constant(rng.standard_normal((5, DIM)).astype(np.float32))  # stands for c W
     it = tf.constant(rng.integers(0, N_ITEMS, 5).astype(np.int32))
     neg = tf.constant(np.r_[it.numpy()[:1], rng.integers(0, N_ITEMS, NEG - 1)].astype(np.int32))  # incl. a hit
     u = tf.Variable(rng.standard_normal((5, DIM)).astype(np.float32))
+    mm = lambda a, c, transpose_b=False: tf.matmul(a, c, transpose_b=transpose_b)  # noqa: E731
     with tf.GradientTape() as tape:
-        scores = tf.matmul(u, V, transpose_b=True) / tau + b
+        scores = tf.matmul(u + shift, V, transpose_b=True) / tau + b + extra
         s_t = tf.gather(scores, it[:, None], batch_dims=1)[:, 0]
         if world.spec.loss == "full":
-            loss, grad = full_loss_grad(tf, scores, it, V, tf.gather(V, it), tau)
+            loss, grad = rules.full_loss_grad_tf(tf, scores, it, V, tau, mm)
         else:
-            loss, grad = sampled_loss_grad(tf, u, V, b, tau, tf.constant(world.params.logq), it, s_t, neg)
+            loss, grad = rules.sampled_loss_grad_tf(tf, s_t, tf.gather(scores, neg, axis=1), tf.gather(V, it),
+                                                    tf.gather(V, neg), it, neg, tf.gather(logq, it),
+                                                    tf.gather(logq, neg), tau, mm)
         total = tf.reduce_sum(loss)
     taped = tape.gradient(total, u)
     np.testing.assert_allclose(grad.numpy(), taped.numpy(), rtol=1e-4, atol=1e-6)
     # and the float64 reference's closed form agrees
     for row in range(5):
-        g_ref, l_ref = event_gradient(u.numpy()[row].astype(np.float64), int(it[row]), world.params, world.spec,
+        s = scores.numpy()[row].astype(np.float64)
+        g_ref, l_ref = event_gradient(s, int(it[row]), world.params, world.spec,
                                       None if world.spec.loss == "full" else neg.numpy())
         np.testing.assert_allclose(grad.numpy()[row], g_ref, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(loss.numpy()[row], l_ref, rtol=1e-4, atol=1e-5)
@@ -230,11 +247,11 @@ def test_closed_form_gradient_equals_gradient_tape(world):
 def test_state_save_load_round_trip(world, tmp_path):
     _, state, _ = world.run()
     roles = np.zeros(len(world.users), np.int8)
-    save_state(tmp_path, users=state, theta=world.model.to_numpy(), roles=roles,
+    save_state(tmp_path, users=state, theta=world.model.to_theta().arrays(), roles=roles,
                manifest={"watermark": {"rows": 500, "last_ts": int(world.ts[-1])}}, config_toml="[model]\n")
     manifest, theta, loaded, roles_back = load_state(tmp_path)
     assert_state_close(loaded, state, rtol=0, atol=0)
-    for k, v in world.model.to_numpy().items():
+    for k, v in world.model.to_theta().arrays().items():
         assert np.array_equal(theta[k], v)
     assert np.array_equal(roles_back, roles)
     assert manifest["watermark"]["rows"] == 500 and "U.npy" in manifest["files"]
@@ -253,7 +270,7 @@ def test_mixed_precision_stays_close_to_the_reference():
     """runtime.mixed_precision: bfloat16 matmuls on CPU; states within bfloat16 rounding."""
     from dyembed.replay.engine import Engine
 
-    w = _WORLDS.get(("sgd", "full")) or _WORLDS.setdefault(("sgd", "full"), World("sgd", "full"))
+    w = _WORLDS.get(("sgd", "full", "plain")) or _WORLDS.setdefault(("sgd", "full", "plain"), World("sgd", "full"))
     engine = Engine(w.model, w.spec, w.state0, lr=0.0, mixed_precision=True)
     n = 150
     res = engine.replay(w.users[:n], w.items[:n], w.ts[:n], w.weight[:n], ranks=True, lanes=3, steps=7)

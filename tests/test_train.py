@@ -107,7 +107,7 @@ def test_resume_replays_only_new_rows_and_equals_one_pass(tmp_path):
     assert resumed["new_events"] == 600 - cut and resumed["watermark"]["rows"] == 600
     trained = load_trained(wd)
     for k, v in theta_before.items():
-        assert np.array_equal(trained.theta[k], v)
+        assert np.array_equal(getattr(trained.theta, k), v)
     fresh = UserState.fresh(trained.n_users, 8, 0, u0=trained.prior())
     one_pass = replay_ranks(trained, users, items, ts, update=True, state=fresh)
     np.testing.assert_allclose(trained.state.U, one_pass.state.U, rtol=1e-4, atol=1e-5)

@@ -64,6 +64,7 @@ def test_window_ranks_are_prequential_and_match_the_float64_reference(world, tmp
     from dyembed.replay.rules_reference import ReferenceParams, reference_replay
     from dyembed.replay.spec import RuleSpec
     from dyembed.replay.state import UserState, load_state
+    from dyembed.replay.theta import Theta
     from dyembed.replay.train import _extend_theta, resume_with_window_ranks
 
     work = copy_world(world, tmp_path)
@@ -72,15 +73,14 @@ def test_window_ranks_are_prequential_and_match_the_float64_reference(world, tmp
     preprocess(work, cfg, append=True)
     manifest, theta, users, _ = load_state(work)
     features = load_features(work)
-    theta = _extend_theta(theta, features, cfg)
+    theta = _extend_theta(Theta.from_arrays(theta), features)
     new = read_events(work, start_row=manifest["watermark"]["rows"])
     spec = RuleSpec.from_config(cfg.model)
     n_users = n_users_of(work, int(new.user_idx.max()))
     assert n_users > users.n_users  # the window brings new users
-    start = users.grown(n_users, UserState.fresh(n_users, users.dim, spec.n_slots, init=spec.init, u0=theta["u0"]))
+    start = users.grown(n_users, UserState.fresh(n_users, users.dim, spec.n_slots, init=spec.init, u0=theta.u0))
     model = Model(features, theta, cfg.model)
-    params = ReferenceParams(V=model.item_matrix(), b=theta["b"], tau=model.temperature, alpha=model.alpha(),
-                             u0=theta["u0"], logq=theta.get("logq"))
+    params = ReferenceParams.from_theta(theta, features, V=model.item_matrix())
     ref_state, _, ref_ranks, _ = reference_replay(params, spec, start, new.user_idx, new.item_idx, new.ts,
                                                   weight=new.weight if cfg.model.use_weights else None)
 

@@ -1,7 +1,7 @@
 """`dyembed recommend`: the top-K items for users from the current state.
 
-Scores are the model's own, s_j = u · v_j / τ + b_j, with u = the user's vector in the state
-after their last replayed event. A user id that the state does not know (not in users.parquet,
+Scores are the model's own (dyembed.replay.scoring: s_j = (u + c W) · v_j / τ + b_j + β h_j), with
+the user's state after their last replayed event. A user id that the state does not know (not in users.parquet,
 or added after the last `train`) gets the cold-start list: the same scores with u = the learned
 prior u0, plus a note — not an error. `exclude_seen` removes the items of the user's events in
 events.parquet from their list.
@@ -25,6 +25,7 @@ from dyembed.config import Config
 from dyembed.errors import ConfigError, InputDataError
 from dyembed.evaluate import baselines as bl
 from dyembed.lock import settle_interrupted_writes
+from dyembed.replay.scoring import score_users
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,9 @@ def _writer(path: Path, fmt: str):
     return write, fh.close
 
 
-def score_topk(U: np.ndarray, V: np.ndarray, bias: np.ndarray, tau: float, k: int,
-               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k item indices and scores [b, k] of s = U Vᵀ / τ + b (float32, as the model scores),
-    masked items excluded; -1 / NaN pad when fewer than k items are left."""
-    scores = (np.asarray(U, np.float32) @ V.T) / np.float32(tau) + bias
+def score_topk(scores: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item indices and scores [b, k] of a score block, masked items excluded; -1 / NaN pad
+    when fewer than k items are left."""
     top = bl.topk_items(scores, k, mask)
     top_scores = np.where(top >= 0, np.take_along_axis(scores, np.maximum(top, 0), 1), np.nan)
     return top, top_scores
@@ -138,9 +137,8 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
     trained = api.load_trained(workdir)
     V = np.asarray(trained.item_matrix(), np.float32)
     trained.release_features()  # only V is needed from here (X: 1.5 GB at 1M items × D 384)
-    bias = np.asarray(trained.item_bias(), np.float32)
-    tau = float(trained.temperature)
     U_state = trained.state.U
+    recent_state = trained.state.recent
     prior = np.asarray(trained.prior(), dtype=np.float64)
     catalogue = _Catalogue(workdir)
     n_items = V.shape[0]
@@ -194,11 +192,15 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
                 idx = np.array([i for _, i in block], dtype=np.int64)
                 cold = (idx < 0) | never_updated[np.maximum(idx, 0)]
                 U = np.where(cold[:, None], prior[None, :], U_state[np.maximum(idx, 0)])
+                recent = count = None
+                if recent_state is not None:  # cold users: no recent items
+                    recent = np.where(cold[:, None], -1, recent_state[np.maximum(idx, 0)])
+                    count = np.where(cold, 0, trained.state.count[np.maximum(idx, 0)])
                 mask = None
                 if seen is not None:
                     mask = bl.seen_mask(seen, np.maximum(idx, 0), n_items)
                     mask[cold] = False
-                top, top_scores = score_topk(U, V, bias, tau, k, mask)
+                top, top_scores = score_topk(score_users(trained.theta, V, U, recent, count), k, mask)
                 cols = _columns(block, top, top_scores, cold, catalogue)
                 if sink is not None:
                     sink[0](cols)

@@ -21,6 +21,7 @@ from dyembed.config import Config, apply_mapping
 from dyembed.replay.seen import SeenItems, seen_items
 from dyembed.replay.spec import RuleSpec
 from dyembed.replay.state import UserState, load_state, state_dir
+from dyembed.replay.theta import Theta
 
 __all__ = ["Trained", "RankOutput", "SeenItems", "seen_items", "load_trained", "replay_ranks", "fit_static_users"]
 
@@ -40,7 +41,7 @@ class Trained:
     workdir: Path
     config: Config
     manifest: dict[str, Any]
-    theta: dict[str, np.ndarray]
+    theta: Theta
     state: UserState
     split: np.ndarray  # int8 role per event row used in training (0 train, 1 validation, 2 test)
     features: np.ndarray | None  # [n_items, D]; None after release_features()
@@ -53,7 +54,7 @@ class Trained:
 
     @property
     def temperature(self) -> float:
-        return float(np.exp(self.theta["log_tau"]))
+        return self.theta.temperature
 
     @property
     def n_users(self) -> int:
@@ -61,15 +62,15 @@ class Trained:
 
     @property
     def n_items(self) -> int:
-        return int(self.theta["b"].shape[0])
+        return self.theta.n_items
 
     def item_matrix(self) -> np.ndarray:
         """V = X P + E, float32 [n_items, d] (numpy; cached)."""
         if self._V is None:
             features = self._features("item_matrix()")
-            V = np.asarray(features, np.float32) @ self.theta["P"]  # no float32 copy of X (1.5 GB at 1M items)
-            if "E" in self.theta:
-                V += self.theta["E"]
+            V = np.asarray(features, np.float32) @ self.theta.P  # no float32 copy of X (1.5 GB at 1M items)
+            if self.theta.E is not None and self.config.model.item_residual:
+                V += self.theta.E
             self._V = V.astype(np.float32, copy=False)
         return self._V
 
@@ -86,13 +87,13 @@ class Trained:
         return self.features
 
     def item_bias(self) -> np.ndarray:
-        return self.theta["b"].astype(np.float32)
+        return self.theta.b.astype(np.float32)
 
     def prior(self) -> np.ndarray:
-        return self.theta["u0"].astype(np.float32)
+        return self.theta.u0.astype(np.float32)
 
     def step_size(self) -> np.ndarray:
-        return np.exp(self.theta["log_alpha"])
+        return self.theta.alpha()
 
     def engine(self):
         """The (cached) replay engine with θ frozen; its user table is reset per call."""
@@ -116,12 +117,13 @@ def load_trained(workdir: str | Path) -> Trained:
     from dyembed.replay.runtime import configure_runtime
 
     workdir = Path(workdir)
-    manifest, theta, users, roles = load_state(workdir)
+    manifest, theta_arrays, users, roles = load_state(workdir)
+    theta = Theta.from_arrays(theta_arrays)
     cfg = Config()
     apply_mapping(cfg, tomllib.loads((state_dir(workdir) / "config.toml").read_text(encoding="utf-8")), "state/config.toml")
     configure_runtime(cfg.runtime)
     features = load_features(workdir)
-    n_items = theta["b"].shape[0]
+    n_items = theta.n_items
     if features.shape[0] != n_items:
         from dyembed.errors import StateError
 

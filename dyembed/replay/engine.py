@@ -1,17 +1,23 @@
 """The replay engine: blocks of t-batches through the dynamic rule, one compiled TF call per block.
 
-Per step t of a block (one t-batch, one user per lane), all in one `tf.function`:
-  1. lanes whose user enters gather (u, slots, count, last_ts) from the user table;
+Per step t of a block (one t-batch, one user per lane), all in one `tf.function`, the rule of
+rules.py batched over lanes:
+  1. lanes whose user enters gather (u, slots, count, last_ts, recent items) from the user table;
   2. optional time decay toward u0;
-  3. one matmul of the lane vectors against the item matrix: s = U_b Vᵀ / τ + b
-     (sampled loss without ranking: only against the target and the block's shared negatives);
+  3. the query u (+ c W, the context of the recent items) against the item matrix:
+     s = q Vᵀ / τ + b (+ β h, the repeat counts) — with the sampled loss and no ranking, only
+     against the target and the block's shared negatives;
   4. per-event target score, loss, rank (1 + #non-masked others scoring >= target), top-k;
   5. closed-form gradient ∇u = Vᵀ(softmax(s) − onehot)/τ (or its sampled form), weight, prior
-     pull, clipping, and the sgd / adagrad / adam step with per-user slots;
+     pull, clipping, the sgd / adagrad / adam step with per-user slots, the item pushed onto the
+     user's recent ring;
 and after the last step every user's final state in the block is scattered back to the table.
 Training wraps the same steps in a GradientTape and takes one Adam step on θ per block, so θ's
 gradient flows through the users' own updates inside the block (truncated backprop; the state
-carried across blocks is a constant). See rules_reference.py for the maths in float64.
+carried across blocks is a constant; the recent items are integers, so the context and repeat
+terms they feed are recomputed from the current θ and stay differentiable across blocks).
+rules_reference.py has the maths in float64, one event at a time, and the training objective of
+one block (tests/test_train_reference.py checks θ's gradients and update against it).
 
 The user table lives in tf.Variables (no padding row: empty slots gather user 0 and are never
 written back), so 1M users × d=64 with Adam slots is three 256 MB arrays.
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dyembed.envcheck import import_tensorflow
+from dyembed.replay import rules
 from dyembed.replay.model import Model
 from dyembed.replay.seen import SeenItems
 from dyembed.replay.spec import RuleSpec
@@ -33,8 +40,6 @@ from dyembed.replay.state import UserState
 from dyembed.replay.tbatch import PAD, Block, lane_layout, windows
 
 log = logging.getLogger(__name__)
-NEG_INF = -1e30  # masks accidental hits among sampled negatives (exp underflows to exactly 0)
-TINY = 1e-30  # keeps sqrt differentiable at 0
 
 
 @dataclass
@@ -49,37 +54,13 @@ class ReplayResult:
     weight_sum: float
 
 
-def full_loss_grad(tf, scores, it, V, v_t, tau, *, mm=None):
-    """Full softmax: loss = logsumexp(s) - s_target; ∇u = Vᵀ(softmax(s) − onehot)/τ (closed form).
-
-    (On CPU, logsumexp + exp measured faster than TF's fused softmax / cross-entropy kernels.)"""
-    mm = mm or (lambda a, b, transpose_b=False: tf.matmul(a, b, transpose_b=transpose_b))
-    s_t = tf.gather(scores, it[:, None], batch_dims=1)[:, 0]
-    lse = tf.reduce_logsumexp(scores, axis=1)
-    p = tf.exp(scores - lse[:, None])
-    return lse - s_t, (mm(p, V) - v_t) / tau
-
-
-def sampled_loss_grad(tf, u, V, b, tau, logq, it, s_t, neg, *, mm=None):
-    """Sampled softmax over [target, shared negatives] with logits z = s − log Q; negatives equal
-    to the target are masked (accidental hits). ∇u = (Σ_k q_k v_k − v_target)/τ, q = softmax(z)."""
-    mm = mm or (lambda a, b, transpose_b=False: tf.matmul(a, b, transpose_b=transpose_b))
-    v_t = tf.gather(V, it)
-    v_n = tf.gather(V, neg)
-    z_t = s_t - tf.gather(logq, it)
-    z_n = mm(u, v_n, transpose_b=True) / tau + tf.gather(b, neg) - tf.gather(logq, neg)
-    z_n = tf.where(neg[None, :] == it[:, None], NEG_INF, z_n)
-    z = tf.concat([z_t[:, None], z_n], axis=1)
-    lse = tf.reduce_logsumexp(z, axis=1)
-    q = tf.exp(z - lse[:, None])
-    return lse - z_t, (q[:, :1] * v_t + mm(q[:, 1:], v_n) - v_t) / tau
-
-
 class ThetaAdam:
-    """Plain Adam on θ (no Keras), applied inside the compiled training step."""
+    """Plain Adam on θ (no Keras), applied inside the compiled training step; one learning rate per variable."""
 
-    def __init__(self, tf, variables: list, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        self.tf, self.variables, self.lr, self.beta1, self.beta2, self.eps = tf, variables, lr, beta1, beta2, eps
+    def __init__(self, tf, variables: list, lr: float | list[float], beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8):
+        self.tf, self.variables, self.beta1, self.beta2, self.eps = tf, variables, beta1, beta2, eps
+        self.lrs = list(lr) if isinstance(lr, (list, tuple)) else [float(lr)] * len(variables)
         self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
         self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
         self.t = tf.Variable(0.0, trainable=False)
@@ -89,25 +70,28 @@ class ThetaAdam:
         self.t.assign_add(1.0)
         c1 = 1.0 - tf.pow(self.beta1, self.t)
         c2 = 1.0 - tf.pow(self.beta2, self.t)
-        for var, g, m, v in zip(self.variables, grads, self.m, self.v):
+        for var, g, m, v, lr in zip(self.variables, grads, self.m, self.v, self.lrs):
             if g is None:
                 continue
             g = tf.convert_to_tensor(g)
             m.assign(self.beta1 * m + (1 - self.beta1) * g)
             v.assign(self.beta2 * v + (1 - self.beta2) * g * g)
-            var.assign_sub(self.lr * (m / c1) / (tf.sqrt(v / c2) + self.eps))
+            var.assign_sub(lr * (m / c1) / (tf.sqrt(v / c2) + self.eps))
 
 
 class Engine:
     """The user table on the device plus the compiled block step for one model and rule."""
 
     def __init__(self, model: Model, spec: RuleSpec, state: UserState | None, *, n_users: int | None = None,
-                 lr: float = 0.01, meta: bool = True,
-                 weight_decay: float = 0.0, num_negatives: int = 1024, mixed_precision: bool = False,
+                 lr: float = 0.01, scalar_lr: float = 0.0, meta: bool = True, weight_decay: float = 0.0,
+                 loss_normalizer: str = "block", num_negatives: int = 1024, mixed_precision: bool = False,
                  jit: bool = False, max_block_mb: int = 256):
         tf = import_tensorflow()
         self.tf, self.model, self.spec = tf, model, spec
         self.meta, self.weight_decay = meta, float(weight_decay)
+        if loss_normalizer not in ("events", "block"):
+            raise ValueError(f"loss_normalizer must be 'events' or 'block', got {loss_normalizer!r}")
+        self.loss_normalizer = loss_normalizer
         self.num_negatives = max(1, int(num_negatives))
         self.jit = jit
         self.max_block_mb = max_block_mb
@@ -116,12 +100,18 @@ class Engine:
             self.matmul_dtype = tf.float16 if tf.config.list_physical_devices("GPU") else tf.bfloat16
         self.n_slots = spec.n_slots
         self.dim = model.dim
+        self.history = int(model.cfg.history)
         if state is not None:
             self._make_table(state, n_users)
         else:  # fresh users built on the device: no host copy of a large table
             self.n_users = int(n_users)
-            self._make_table(UserState.fresh(0, self.dim, self.n_slots), self.n_users)
-        self.optimizer = ThetaAdam(tf, model.trainable, lr) if lr > 0 else None
+            self._make_table(UserState.fresh(0, self.dim, self.n_slots, history=self.history), self.n_users)
+        if lr > 0:
+            names = model.trainable_names()
+            lrs = [scalar_lr if (scalar_lr > 0 and model.is_dynamics_scalar(n)) else lr for n in names]
+            self.optimizer = ThetaAdam(tf, model.trainable, lrs)
+        else:
+            self.optimizer = None
         if model.logq is not None:
             q = np.exp(model.logq.numpy().astype(np.float64))
             self._neg_cdf = np.cumsum(q / q.sum())
@@ -133,6 +123,10 @@ class Engine:
     # transient copies small (filling a 1M × 64 × 3 table: +12 MB RSS, against +53 MB with 16 MB pieces)
     CHUNK_ROWS = 16_384
 
+    def _check_history(self, state: UserState) -> None:
+        if state.history != self.history:
+            raise ValueError(f"the state keeps {state.history} recent items per user, model.history is {self.history}")
+
     def _make_table(self, state: UserState, n_users: int | None = None) -> None:
         """Variables for `state`'s users (numpy arrays or StreamedArrays read chunk by chunk);
         with n_users larger than the state, the extra (new) users start fresh."""
@@ -140,9 +134,12 @@ class Engine:
         n_old = state.n_users
         if state.slots.shape[0] != self.n_slots:
             raise ValueError(f"state has {state.slots.shape[0]} slot arrays, rule {self.spec.rule} needs {self.n_slots}")
+        if n_old:
+            self._check_history(state)
         n = max(n_old, n_users or 0)
         self.n_users = n
         self._functions = {}  # compiled steps capture the table's variables: retrace for new ones
+        H = self.history
         in_memory = isinstance(state.U, np.ndarray) and n == n_old
         if in_memory:
             self.U = tf.Variable(state.U.astype(np.float32, copy=False), trainable=False)
@@ -150,17 +147,21 @@ class Engine:
                           for k in range(self.n_slots)]
             self.count = tf.Variable(state.count.astype(np.int32, copy=False), trainable=False)
             self.last = tf.Variable(state.last_ts.astype(np.int64, copy=False), trainable=False)
+            self.recent = tf.Variable(state.recent.astype(np.int32, copy=False), trainable=False) if H else None
             return
         self.U = tf.Variable(tf.zeros([n, self.dim]), trainable=False)
         self.slots = [tf.Variable(tf.zeros([n, self.dim]), trainable=False) for _ in range(self.n_slots)]
         self.count = tf.Variable(tf.zeros([n], tf.int32), trainable=False)
         self.last = tf.Variable(tf.zeros([n], tf.int64), trainable=False)
+        self.recent = tf.Variable(tf.fill([n, H], -1), trainable=False) if H else None
         if n > n_old:
             self.reset_users(start=n_old)
         self._fill([self.U], state.U, n_old)
         self._fill(self.slots, state.slots, n_old)
         self._fill([self.count], state.count, n_old)
         self._fill([self.last], state.last_ts, n_old)
+        if H:
+            self._fill([self.recent], state.recent, n_old)
 
     def _fill(self, variables: list, source, rows_each: int) -> None:
         """Copy a (streamed) array, viewed as consecutive blocks of `rows_each` rows, into variables."""
@@ -184,11 +185,14 @@ class Engine:
         if state.U.shape != (self.n_users, self.dim) or not isinstance(state.U, np.ndarray):
             self._make_table(state)
             return
+        self._check_history(state)
         self.U.assign(state.U)
         for k in range(self.n_slots):
             self.slots[k].assign(state.slots[k])
         self.count.assign(state.count)
         self.last.assign(state.last_ts)
+        if self.history:
+            self.recent.assign(state.recent)
 
     def reset_users(self, *, seed: int = 0, init_scale: float = 0.1, start: int = 0) -> None:
         """Users start.. back to before their first event (u0 / zero / random init), in place, in chunks."""
@@ -210,10 +214,13 @@ class Engine:
                 var.scatter_nd_update(idx, tf.zeros([hi - lo, self.dim]))
             self.count.scatter_nd_update(idx, tf.zeros([hi - lo], tf.int32))
             self.last.scatter_nd_update(idx, tf.zeros([hi - lo], tf.int64))
+            if self.history:
+                self.recent.scatter_nd_update(idx, tf.fill([hi - lo, self.history], -1))
 
     def get_state(self) -> UserState:
         slots = np.stack([s.numpy() for s in self.slots]) if self.n_slots else np.zeros((0, self.n_users, self.dim), np.float32)
-        return UserState(U=self.U.numpy(), slots=slots, count=self.count.numpy(), last_ts=self.last.numpy())
+        return UserState(U=self.U.numpy(), slots=slots, count=self.count.numpy(), last_ts=self.last.numpy(),
+                         recent=self.recent.numpy() if self.history else None)
 
     def streamed_state(self) -> UserState:
         """The table as StreamedArrays (row chunks gathered from the device): saving a 1M-user
@@ -229,14 +236,17 @@ class Engine:
                         yield tf.gather(var, tf.range(lo, min(self.n_users, lo + self.CHUNK_ROWS))).numpy()
             return gen
 
-        n, d = self.n_users, self.dim
+        n, d, H = self.n_users, self.dim, self.history
         return UserState(U=StreamedArray((n, d), np.float32, reader([self.U])),
                          slots=StreamedArray((self.n_slots, n, d), np.float32, reader(self.slots)),
                          count=StreamedArray((n,), np.int32, reader([self.count])),
-                         last_ts=StreamedArray((n,), np.int64, reader([self.last])))
+                         last_ts=StreamedArray((n,), np.int64, reader([self.last])),
+                         recent=StreamedArray((n, H), np.int32, reader([self.recent])) if H else None)
 
     # ---- the compiled block step --------------------------------------------------------------
-    def _function(self, *, update: bool, train: bool, ranks: bool, topk: int, exclude: bool) -> Callable:
+    def _function(self, *, update: bool, train: str, ranks: bool, topk: int, exclude: bool) -> Callable:
+        """train: "" (θ fixed), "step" (one Adam step on θ per block) or "gradients" (return θ's
+        gradients of the block objective, leave θ and the user table alone)."""
         key = (update, train, ranks, topk, exclude)
         if key not in self._functions:
             tf = self.tf
@@ -253,6 +263,7 @@ class Engine:
                 tf.TensorSpec([None], tf.int32),  # exclusion offsets per step [T + 1]
                 tf.TensorSpec([None], tf.int32),  # exclusion lane
                 tf.TensorSpec([None], tf.int32),  # exclusion item
+                tf.TensorSpec([], tf.float32),  # loss normaliser ("events": the block capacity)
             ]
 
             def block_fn(*args):
@@ -271,32 +282,38 @@ class Engine:
         out = tf.matmul(tf.cast(a, self.matmul_dtype), tf.cast(b, self.matmul_dtype), transpose_b=transpose_b)
         return tf.cast(out, tf.float32)
 
-    def _block(self, users, items, ts, weights, valid, start, end_tb, end_users, negs, ex_off, ex_lane, ex_item,
-               *, update, train, want_ranks, topk, has_exclude):
+    def objective(self, loss_sum, weight_sum, norm):
+        """θ's loss of one block: the weighted event losses over the normaliser, plus weight decay."""
         tf = self.tf
+        denominator = norm if self.loss_normalizer == "events" else tf.maximum(weight_sum, 1.0)
+        objective = loss_sum / denominator
+        if self.weight_decay > 0:
+            decay = tf.reduce_sum(tf.square(self.model.P))
+            if self.model.E is not None:
+                decay += tf.reduce_sum(tf.square(self.model.E))
+            objective += 0.5 * self.weight_decay * decay
+        return objective
+
+    def _block(self, *args, update, train, want_ranks, topk, has_exclude):
+        tf = self.tf
+        body = dict(update=update, train=bool(train), want_ranks=want_ranks, topk=topk, has_exclude=has_exclude,
+                    write_back=update and train != "gradients")
         if not train:
-            return self._block_body(users, items, ts, weights, valid, start, end_tb, end_users, negs, ex_off, ex_lane,
-                                    ex_item, update=update, train=False, want_ranks=want_ranks, topk=topk,
-                                    has_exclude=has_exclude)
+            return self._block_body(*args, **body)
         variables = self.optimizer.variables
         with tf.GradientTape() as tape:
-            out = self._block_body(users, items, ts, weights, valid, start, end_tb, end_users, negs, ex_off, ex_lane,
-                                   ex_item, update=update, train=True, want_ranks=want_ranks, topk=topk,
-                                   has_exclude=has_exclude)
-            loss_sum, weight_sum = out[4], out[5]
-            objective = loss_sum / tf.maximum(weight_sum, 1.0)
-            if self.weight_decay > 0:
-                decay = tf.reduce_sum(tf.square(self.model.P))
-                if self.model.E is not None:
-                    decay += tf.reduce_sum(tf.square(self.model.E))
-                objective += 0.5 * self.weight_decay * decay
+            out = self._block_body(*args, **body)
+            objective = self.objective(out[4], out[5], args[-1])
         grads = tape.gradient(objective, variables)
+        if train == "gradients":
+            return out + (objective, [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                                      for v, g in zip(variables, grads)])
         self.optimizer.apply(grads)
         return out
 
     def _block_body(self, users, items, ts, weights, valid, start, end_tb, end_users, negs, ex_off, ex_lane, ex_item,
-                    *, update, train, want_ranks, topk, has_exclude):
-        tf, spec, model = self.tf, self.spec, self.model
+                    norm, *, update, train, want_ranks, topk, has_exclude, write_back):
+        tf, spec, model, mm = self.tf, self.spec, self.model, self._mm
         n_steps, n_lanes = tf.shape(items)[0], tf.shape(items)[1]
         V = model.item_matrix_tf()
         b = model.b
@@ -307,25 +324,32 @@ class Engine:
         sampled = spec.loss == "sampled"
         need_full = want_ranks or topk > 0 or not sampled
         prior_init = spec.init == "prior"
+        H = self.history
+        context = model.W is not None
+        repeat = model.beta is not None
+        log_gamma_c = tf.math.log_sigmoid(model.logit_context_decay) if context else None
+        log_gamma_r = tf.math.log_sigmoid(model.logit_repeat_decay) if repeat else None
 
         dim = self.dim
         u = tf.zeros([n_lanes, dim])
         slots = tuple(tf.zeros([n_lanes, dim]) for _ in range(self.n_slots))
         cnt = tf.zeros([n_lanes], tf.int32)
         last = tf.zeros([n_lanes], tf.int64)
+        ring = tf.fill([n_lanes, max(H, 1)], -1)
         f32 = tf.float32
         ta = lambda dtype: tf.TensorArray(dtype, size=n_steps)  # noqa: E731
         out_score, out_loss, out_rank, out_topk = ta(f32), ta(f32), ta(tf.int32), ta(tf.int32)
-        rec_u, rec_cnt, rec_last = ta(f32), ta(tf.int32), ta(tf.int64)
+        rec_u, rec_cnt, rec_last, rec_ring = ta(f32), ta(tf.int32), ta(tf.int64), ta(tf.int32)
         rec_slots = tuple(ta(f32) for _ in range(self.n_slots))
         loss_sum = tf.constant(0.0)
         weight_sum = tf.constant(0.0)
 
         def step(t, carry):
-            (u, slots, cnt, last, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
-             loss_sum, weight_sum) = carry
+            (u, slots, cnt, last, ring, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
+             rec_ring, loss_sum, weight_sum) = carry
             uid, it, tt, ww, ok, st = users[t], items[t], ts[t], weights[t], valid[t], start[t]
             st2 = st[:, None]
+            # 1. users entering a lane load their state from the table
             g_cnt = tf.gather(self.count, uid)
             g_u = tf.gather(self.U, uid)
             if prior_init and train:
@@ -335,26 +359,47 @@ class Engine:
             slots = tuple(tf.where(st2, tf.gather(var, uid), s) for var, s in zip(self.slots, slots))
             cnt = tf.where(st, g_cnt, cnt)
             last = tf.where(st, tf.gather(self.last, uid), last)
+            if H:
+                ring = tf.where(st2, tf.gather(self.recent, uid), ring)
             if train and not self.meta:
                 u = tf.stop_gradient(u)  # the stop-gradient variant: states are constants for θ
             ok2 = ok[:, None]
+            # 2. decay toward the prior
             if update and spec.half_life > 0:
                 dt = tf.cast(tf.maximum(tt - last, 0), f32)
-                lam = tf.where(cnt > 0, tf.exp(-dt * (np.log(2.0) / spec.half_life)), 1.0)
-                u = tf.where(ok2, u0 + lam[:, None] * (u - u0), u)
+                u = tf.where(ok2, rules.decay_tf(tf, u, u0, dt, cnt > 0, spec.half_life), u)
 
+            # 3. scores: the query (u + c W) against the items, + β h
+            query = u
+            if context:
+                w_c = rules.recent_weights_tf(tf, ring, cnt, log_gamma_c)
+                query = u + mm(rules.context_tf(tf, V, ring, w_c), model.W)
+            if repeat:
+                w_r = rules.recent_weights_tf(tf, ring, cnt, log_gamma_r)
             v_t = tf.gather(V, it)
-            b_t = tf.gather(b, it)
             if need_full:
-                scores = self._mm(u / tau, V, transpose_b=True) + b  # [B, n_items]
+                scores = mm(query / tau, V, transpose_b=True) + b  # [B, n_items]
+                if repeat:
+                    scores = rules.add_repeat_scores_tf(tf, scores, ring, w_r, model.beta)
                 s_t = tf.gather(scores, it[:, None], batch_dims=1)[:, 0]
             else:
-                s_t = tf.reduce_sum(u * v_t, axis=1) / tau + b_t
+                s_t = tf.reduce_sum(query * v_t, axis=1) / tau + tf.gather(b, it)
+                if repeat:
+                    s_t += model.beta * rules.repeat_count_of_targets_tf(tf, ring, w_r, it)
+            # 4. loss and the closed-form user gradient
             if sampled:
                 neg = negs[t]
-                loss, grad = sampled_loss_grad(tf, u, V, b, tau, logq, it, s_t, neg, mm=self._mm)
+                v_n = tf.gather(V, neg)
+                if need_full:
+                    s_n = tf.gather(scores, neg, axis=1)
+                else:
+                    s_n = mm(query, v_n, transpose_b=True) / tau + tf.gather(b, neg)
+                    if repeat:
+                        s_n += model.beta * rules.repeat_counts_of_shared_tf(tf, ring, w_r, neg)
+                loss, grad = rules.sampled_loss_grad_tf(tf, s_t, s_n, v_t, v_n, it, neg, tf.gather(logq, it),
+                                                        tf.gather(logq, neg), tau, mm)
             else:
-                loss, grad = full_loss_grad(tf, scores, it, V, v_t, tau, mm=self._mm)
+                loss, grad = rules.full_loss_grad_tf(tf, scores, it, V, tau, mm)
             out_score = out_score.write(t, s_t)
             out_loss = out_loss.write(t, loss)
             w_ok = tf.where(ok, ww, 0.0)
@@ -381,50 +426,41 @@ class Engine:
                             tf.fill([tf.reduce_sum(tf.cast(not_target, tf.int32))], -np.inf))
                     out_topk = out_topk.write(t, tf.math.top_k(masked, k=topk).indices)
 
+            # 5. the user's step, then the item joins its recent items
             if update:
-                g = grad * ww[:, None]
-                if spec.l2 > 0:
-                    g += spec.l2 * (u - u0)
-                if spec.clip > 0:
-                    norm = tf.sqrt(tf.maximum(tf.reduce_sum(g * g, axis=1), TINY))
-                    g *= tf.minimum(1.0, spec.clip / norm)[:, None]
-                if spec.rule == "sgd":
-                    u_next, new_slots = u - alpha * g, ()
-                elif spec.rule == "adagrad":
-                    acc = slots[0] + g * g
-                    u_next, new_slots = u - alpha * g / (tf.sqrt(tf.maximum(acc, TINY)) + spec.eps), (acc,)
-                else:
-                    k = tf.cast(cnt + 1, f32)[:, None]
-                    m = spec.beta1 * slots[0] + (1 - spec.beta1) * g
-                    v = spec.beta2 * slots[1] + (1 - spec.beta2) * g * g
-                    m_hat = m / (1 - tf.pow(spec.beta1, k))
-                    v_hat = v / (1 - tf.pow(spec.beta2, k))
-                    u_next, new_slots = u - alpha * m_hat / (tf.sqrt(tf.maximum(v_hat, TINY)) + spec.eps), (m, v)
+                g = rules.shape_gradient_tf(tf, grad, ww, u, u0, spec)
+                u_next, new_slots = rules.optimizer_step_tf(tf, u, g, slots, cnt, alpha, spec)
                 u = tf.where(ok2, u_next, u)
                 slots = tuple(tf.where(ok2, ns, s) for ns, s in zip(new_slots, slots))
+                if H:
+                    ring = rules.push_recent_tf(tf, ring, cnt, it, ok)
                 cnt = cnt + tf.cast(ok, tf.int32)
                 last = tf.where(ok, tt, last)
                 rec_u = rec_u.write(t, tf.stop_gradient(u))
                 rec_slots = tuple(r.write(t, tf.stop_gradient(s_new)) for r, s_new in zip(rec_slots, slots))
                 rec_cnt = rec_cnt.write(t, cnt)
                 rec_last = rec_last.write(t, last)
-            return (u, slots, cnt, last, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
-                    loss_sum, weight_sum)
+                if H:
+                    rec_ring = rec_ring.write(t, ring)
+            return (u, slots, cnt, last, ring, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt,
+                    rec_last, rec_ring, loss_sum, weight_sum)
 
-        carry = (u, slots, cnt, last, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
-                 loss_sum, weight_sum)
+        carry = (u, slots, cnt, last, ring, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
+                 rec_ring, loss_sum, weight_sum)
         for t in tf.range(n_steps):
             carry = step(t, carry)
-        (u, slots, cnt, last, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
-         loss_sum, weight_sum) = carry
+        (u, slots, cnt, last, ring, out_score, out_loss, out_rank, out_topk, rec_u, rec_slots, rec_cnt, rec_last,
+         rec_ring, loss_sum, weight_sum) = carry
 
-        if update:
+        if write_back:
             idx = end_users[:, None]
             self.U.scatter_nd_update(idx, tf.gather_nd(rec_u.stack(), end_tb))
             for var, rec in zip(self.slots, rec_slots):
                 var.scatter_nd_update(idx, tf.gather_nd(rec.stack(), end_tb))
             self.count.scatter_nd_update(idx, tf.gather_nd(rec_cnt.stack(), end_tb))
             self.last.scatter_nd_update(idx, tf.gather_nd(rec_last.stack(), end_tb))
+            if H:
+                self.recent.scatter_nd_update(idx, tf.gather_nd(rec_ring.stack(), end_tb))
         ranks_out = out_rank.stack() if want_ranks else tf.zeros([0, 0], tf.int32)
         topk_out = out_topk.stack() if topk > 0 else tf.zeros([0, 0, 0], tf.int32)
         return out_score.stack(), out_loss.stack(), ranks_out, topk_out, loss_sum, weight_sum
@@ -477,7 +513,9 @@ class Engine:
         rng = rng or np.random.default_rng(0)
         if ranks or topk > 0 or self.spec.loss == "full":
             lanes = self.rank_lanes(lanes)
-        fn = self._function(update=update, train=train, ranks=ranks, topk=int(topk), exclude=exclude is not None)
+        fn = self._function(update=update, train="step" if train else "", ranks=ranks, topk=int(topk),
+                            exclude=exclude is not None)
+        norm = tf.constant(float(lanes * steps))  # the capacity of a block: "events" normalisation
         scores = np.zeros(n, np.float32)
         losses = np.zeros(n, np.float32)
         rank_out = np.zeros(n, np.int64) if ranks else None
@@ -492,7 +530,7 @@ class Engine:
                 args = self._block_arrays(blk, w0, user_idx, item_idx, ts, weight, exclude, rng)
                 if negatives_out is not None and self.spec.loss == "sampled":
                     negatives_out.append((np.where(blk.valid, blk.pos + w0, PAD), args[8]))
-                out = fn(*[tf.constant(a) for a in args])
+                out = fn(*[tf.constant(a) for a in args], norm)
                 valid = blk.valid
                 rows = blk.pos[valid] + w0
                 scores[rows] = out[0].numpy()[valid]
@@ -507,6 +545,28 @@ class Engine:
                 if progress is not None:
                     progress(done)
         return ReplayResult(scores, losses, rank_out, topk_out, loss_total, weight_total)
+
+    def block_gradients(self, user_idx: np.ndarray, item_idx: np.ndarray, ts: np.ndarray,
+                        weight: np.ndarray | None = None, *, lanes: int, steps: int,
+                        rng: np.random.Generator | None = None) -> tuple[float, dict[str, np.ndarray], Block, np.ndarray]:
+        """θ's gradient of the training objective of ONE block holding these events (the layout
+        `replay(train=True)` would use), without applying it and without touching the user table:
+        (objective, {parameter: gradient}, the block, its negatives [T, S]). For the reference test."""
+        tf = self.tf
+        n = len(user_idx)
+        user_idx = np.asarray(user_idx, np.int32)
+        weight = np.ones(n, np.float32) if weight is None else np.asarray(weight, np.float32)
+        rng = rng or np.random.default_rng(0)
+        blocks = lane_layout(user_idx, lanes, steps)
+        if len(blocks) != 1:
+            raise ValueError(f"the events make {len(blocks)} blocks; block_gradients takes one")
+        blk = blocks[0]
+        args = self._block_arrays(blk, 0, user_idx, np.asarray(item_idx, np.int32), np.asarray(ts, np.int64), weight,
+                                  None, rng)
+        fn = self._function(update=True, train="gradients", ranks=False, topk=0, exclude=False)
+        out = fn(*[tf.constant(a) for a in args], tf.constant(float(lanes * steps)))
+        grads = {name: g.numpy() for name, g in zip(self.model.trainable_names(), out[7])}
+        return float(out[6]), grads, blk, args[8]
 
     def _block_arrays(self, blk: Block, w0: int, user_idx, item_idx, ts, weight, exclude, rng):
         valid = blk.valid

@@ -1,26 +1,28 @@
-"""Slow, readable float64 reference of the dynamic rule: one event at a time, pure numpy.
+"""Slow, readable float64 reference of the dynamic model: one event at a time, pure numpy.
 
-The TF engine (engine.py) must reproduce these numbers (states and per-event scores, rtol 1e-4)
-for every rule × loss with θ frozen; tests/test_replay_contract.py checks it.
+Two references, both built from the numpy twins in rules.py:
 
-For user u (state before the event), item j at time t, item matrix V, bias b, temperature τ:
+- `reference_replay` — the rule with θ frozen: states, per-event scores, ranks and losses. The TF
+  engine must reproduce them (rtol 1e-4) for every rule × loss (tests/test_replay_contract.py).
+- `reference_objective` — θ's training objective of one block: every user's events of the block
+  replayed from its state at the block start (a constant — truncated backprop — except a user
+  with no event yet under user_init = prior, who starts at θ's u0), each event's loss taken with
+  the state before it, then
 
-    decay       u ← u0 + 2^(-(t - t_last)/h) (u - u0)            (h > 0 and the user has a past event)
-    score       s = V u / τ + b                                    (the prequential score vector)
-    full        p = softmax(s);          ∇u = Vᵀ (p - e_j) / τ
-    sampled     c = [j, n_1..n_S] (shared negatives), z_k = s_{c_k} - log Q(c_k),
-                negatives equal to j are dropped (accidental hits), q = softmax(z),
-                ∇u = Σ_k q_k v_{c_k} / τ - v_j / τ
-    weight      ∇u ← w ∇u                                          (event weight, default 1)
-    prior pull  ∇u ← ∇u + λ (u - u0)
-    clip        ∇u ← ∇u · min(1, c / ||∇u||)
-    sgd         u ← u - α ∇u
-    adagrad     G ← G + ∇u²;  u ← u - α ∇u / (√G + ε)
-    adam        k ← k + 1;  m ← β1 m + (1-β1) ∇u;  v ← β2 v + (1-β2) ∇u²
-                u ← u - α (m / (1-β1^k)) / (√(v / (1-β2^k)) + ε)
+      objective = Σ_e w_e loss_e / N + (weight_decay / 2) (‖P‖² + ‖E‖²)
+      N = lanes × truncation (train.loss_normalizer = "events") or max(Σ_e w_e, 1) ("block").
 
-α is a scalar or a per-dimension vector. Rank (pessimistic ties):
-1 + #{items i ≠ j not excluded with s_i ≥ s_j}.
+  With train.meta = false the users' trajectories are constants for θ (the stop-gradient
+  variant): `trajectory_theta` fixes them while `theta` is what the losses are differentiated in.
+  Its finite-difference gradient, and Adam steps taken with it (`reference_adam`), are what the
+  engine's θ gradients and updates must equal (tests/test_train_reference.py).
+
+For user u (state before the event), item j at time t (rules.py has the formulas):
+
+    decay → recent weights → context c, repeat counts h → s = (u + c W) Vᵀ/τ + b + β h
+    → loss, ∇u → w ∇u + λ(u − u0), clipped → sgd | adagrad | adam → push j onto the ring
+
+Rank (pessimistic ties): 1 + #{items i ≠ j not excluded with s_i ≥ s_j}.
 """
 
 from __future__ import annotations
@@ -29,8 +31,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dyembed.replay import rules
 from dyembed.replay.spec import RuleSpec
 from dyembed.replay.state import UserState
+from dyembed.replay.theta import Theta
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
 
 
 @dataclass
@@ -43,31 +51,95 @@ class ReferenceParams:
     alpha: np.ndarray  # [] or [d]
     u0: np.ndarray  # [d]
     logq: np.ndarray | None = None  # [n_items] log proposal probabilities (sampled loss)
+    W: np.ndarray | None = None  # [d, d] context transition (model.context)
+    gamma_context: float = 0.0
+    beta: float | None = None  # repeat weight (model.repeat)
+    gamma_repeat: float = 0.0
+
+    @classmethod
+    def from_theta(cls, theta: Theta, features: np.ndarray, V: np.ndarray | None = None) -> "ReferenceParams":
+        """float64 parameters; V = X P + E unless given (e.g. the engine's own float32 V, so that
+        ranks compare exactly)."""
+        f64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
+        if V is None:
+            V = np.asarray(features, np.float64) @ f64(theta.P)
+            if theta.E is not None:
+                V = V + f64(theta.E)
+        return cls(V=f64(V), b=f64(theta.b), tau=float(np.exp(np.float64(theta.log_tau))),
+                   alpha=np.exp(f64(theta.log_alpha)), u0=f64(theta.u0), logq=f64(theta.logq), W=f64(theta.W),
+                   gamma_context=_sigmoid(float(theta.logit_context_decay)) if theta.W is not None else 0.0,
+                   beta=None if theta.beta is None else float(theta.beta),
+                   gamma_repeat=_sigmoid(float(theta.logit_repeat_decay)) if theta.beta is not None else 0.0)
+
+    def as_float64(self) -> "ReferenceParams":
+        f64 = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
+        return ReferenceParams(V=f64(self.V), b=f64(self.b), tau=float(self.tau), alpha=f64(self.alpha),
+                               u0=f64(self.u0), logq=f64(self.logq), W=f64(self.W),
+                               gamma_context=float(self.gamma_context),
+                               beta=None if self.beta is None else float(self.beta),
+                               gamma_repeat=float(self.gamma_repeat))
 
 
-def _logsumexp(z: np.ndarray) -> float:
-    m = np.max(z)
-    return float(m + np.log(np.sum(np.exp(z - m))))
+def event_scores(u: np.ndarray, ring: np.ndarray | None, count: int, p: ReferenceParams) -> np.ndarray:
+    """s = (u + c W) Vᵀ / τ + b + β h for one user (state before the event)."""
+    query = u
+    if p.W is not None:
+        query = u + rules.context_np(p.V, ring, rules.recent_weights_np(ring, count, p.gamma_context)) @ p.W
+    s = p.V @ query / p.tau + p.b
+    if p.beta is not None:
+        s = s + p.beta * rules.repeat_counts_np(ring, rules.recent_weights_np(ring, count, p.gamma_repeat), len(p.b))
+    return s
 
 
-def event_gradient(u: np.ndarray, j: int, params: ReferenceParams, spec: RuleSpec,
+def event_gradient(s: np.ndarray, j: int, p: ReferenceParams, spec: RuleSpec,
                    negatives: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """(∇u of the event loss, the loss), before weighting, pull and clipping."""
-    V, tau = params.V, params.tau
-    s = V @ u / tau + params.b
+    """(∇u of the event loss, the loss) from the event's score vector, before weighting, pull and clipping."""
     if spec.loss == "full":
-        loss = _logsumexp(s) - s[j]
-        p = np.exp(s - np.max(s))
-        p /= p.sum()
-        return V.T @ p / tau - V[j] / tau, loss
-    if negatives is None or params.logq is None:
+        loss, g = rules.full_loss_grad_np(s, j, p.V, p.tau)
+        return g, loss
+    if negatives is None or p.logq is None:
         raise ValueError("the sampled loss needs negatives and logq")
-    cand = np.concatenate([[j], [n for n in negatives if n != j]]).astype(np.int64)
-    z = s[cand] - params.logq[cand]
-    loss = _logsumexp(z) - z[0]
-    q = np.exp(z - np.max(z))
-    q /= q.sum()
-    return V[cand].T @ q / tau - V[j] / tau, loss
+    loss, g = rules.sampled_loss_grad_np(s, j, negatives, p.V, p.logq, p.tau)
+    return g, loss
+
+
+class _Users:
+    """The per-user state as mutable float64 rows."""
+
+    def __init__(self, state: UserState):
+        self.U = state.U.astype(np.float64)
+        self.slots = state.slots.astype(np.float64)
+        self.count = state.count.astype(np.int64)
+        self.last = state.last_ts.astype(np.int64)
+        self.recent = None if state.recent is None else state.recent.astype(np.int64)
+
+    def ring(self, i: int) -> np.ndarray | None:
+        return None if self.recent is None else self.recent[i]
+
+    def to_state(self) -> UserState:
+        return UserState(U=self.U, slots=self.slots, count=self.count.astype(np.int32), last_ts=self.last,
+                         recent=None if self.recent is None else self.recent.astype(np.int32))
+
+
+def _step(users: _Users, i: int, u: np.ndarray, j: int, t: int, g: np.ndarray, w: float, p: ReferenceParams,
+          spec: RuleSpec) -> None:
+    """The user's gradient step and bookkeeping after the event (state rows of `users` updated)."""
+    g = rules.shape_gradient_np(g, w, u, p.u0, spec)
+    slots = tuple(users.slots[k, i] for k in range(spec.n_slots))
+    u, new_slots = rules.optimizer_step_np(u, g, slots, int(users.count[i]), p.alpha, spec)
+    for k, value in enumerate(new_slots):
+        users.slots[k, i] = value
+    if users.recent is not None:
+        users.recent[i] = rules.push_recent_np(users.recent[i], int(users.count[i]), j)
+    users.U[i] = u
+    users.count[i] += 1
+    users.last[i] = t
+
+
+def _decayed(users: _Users, i: int, u: np.ndarray, t: int, u0: np.ndarray, spec: RuleSpec) -> np.ndarray:
+    if spec.half_life > 0:
+        return rules.decay_np(u, u0, float(t - users.last[i]), users.count[i] > 0, spec.half_life)
+    return u
 
 
 def reference_replay(
@@ -88,54 +160,119 @@ def reference_replay(
     `negatives[n]` are event n's shared negatives (sampled loss); `exclude[user]` the items masked
     from that user's rankings. The input state is not modified.
     """
-    p = ReferenceParams(
-        V=np.asarray(params.V, np.float64), b=np.asarray(params.b, np.float64), tau=float(params.tau),
-        alpha=np.asarray(params.alpha, np.float64), u0=np.asarray(params.u0, np.float64),
-        logq=None if params.logq is None else np.asarray(params.logq, np.float64),
-    )
-    U = state.U.astype(np.float64)
-    slots = state.slots.astype(np.float64)
-    count = state.count.astype(np.int64)
-    last = state.last_ts.astype(np.int64)
+    p = params.as_float64()
+    users = _Users(state)
     n = len(user_idx)
     scores, ranks, losses = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
     for e in range(n):
         i, j, t = int(user_idx[e]), int(item_idx[e]), int(ts[e])
-        u = U[i].copy()
-        if update and spec.half_life > 0 and count[i] > 0:
-            lam = 2.0 ** (-max(0, t - last[i]) / spec.half_life)
-            u = p.u0 + lam * (u - p.u0)
-        s = p.V @ u / p.tau + p.b
+        u = users.U[i].copy()
+        if update:
+            u = _decayed(users, i, u, t, p.u0, spec)
+        s = event_scores(u, users.ring(i), int(users.count[i]), p)
         scores[e] = s[j]
         beats = s >= s[j]
         beats[j] = False
         if exclude is not None and exclude[i]:
             beats[[x for x in exclude[i] if x != j]] = False
         ranks[e] = 1 + int(beats.sum())
-        g, losses[e] = event_gradient(u, j, p, spec, None if negatives is None else negatives[e])
-        if not update:
-            continue
-        if weight is not None:
-            g = g * float(weight[e])
-        g = g + spec.l2 * (u - p.u0)
-        if spec.clip > 0:
-            norm = np.linalg.norm(g)
-            if norm > spec.clip:
-                g = g * (spec.clip / norm)
-        if spec.rule == "sgd":
-            u = u - p.alpha * g
-        elif spec.rule == "adagrad":
-            slots[0, i] += g * g
-            u = u - p.alpha * g / (np.sqrt(slots[0, i]) + spec.eps)
-        else:
-            k = count[i] + 1
-            slots[0, i] = spec.beta1 * slots[0, i] + (1 - spec.beta1) * g
-            slots[1, i] = spec.beta2 * slots[1, i] + (1 - spec.beta2) * g * g
-            m_hat = slots[0, i] / (1 - spec.beta1 ** k)
-            v_hat = slots[1, i] / (1 - spec.beta2 ** k)
-            u = u - p.alpha * m_hat / (np.sqrt(v_hat) + spec.eps)
-        U[i] = u
-        count[i] += 1
-        last[i] = t
-    new_state = UserState(U=U, slots=slots, count=count.astype(np.int32), last_ts=last)
-    return new_state, scores, ranks, losses
+        g, losses[e] = event_gradient(s, j, p, spec, None if negatives is None else negatives[e])
+        if update:
+            _step(users, i, u, j, t, g, 1.0 if weight is None else float(weight[e]), p, spec)
+    return users.to_state(), scores, ranks, losses
+
+
+def reference_objective(
+    theta: Theta,
+    features: np.ndarray,
+    spec: RuleSpec,
+    start: UserState,
+    user_idx: np.ndarray,
+    item_idx: np.ndarray,
+    ts: np.ndarray,
+    *,
+    weight: np.ndarray | None = None,
+    negatives: np.ndarray | None = None,
+    normalizer: str = "block",
+    capacity: float = 1.0,
+    weight_decay: float = 0.0,
+    trajectory_theta: Theta | None = None,
+) -> float:
+    """θ's training objective of one block (module docstring), in float64."""
+    p = ReferenceParams.from_theta(theta, features)
+    p_traj = p if trajectory_theta is None else ReferenceParams.from_theta(trajectory_theta, features)
+    meta = trajectory_theta is None
+    users = _Users(start)
+    fresh = users.count == 0
+    if spec.init == "prior" and meta:
+        users.U[fresh] = p.u0  # users with no event yet sit at θ's prior (differentiable)
+    elif spec.init == "prior":
+        users.U[fresh] = p_traj.u0
+    loss_sum, weight_sum = 0.0, 0.0
+    for e in range(len(user_idx)):
+        i, j, t = int(user_idx[e]), int(item_idx[e]), int(ts[e])
+        w = 1.0 if weight is None else float(weight[e])
+        u_carried = users.U[i].copy()
+        neg = None if negatives is None else negatives[e]
+        # the loss: decay toward θ's prior, scores with θ
+        u = _decayed(users, i, u_carried, t, p.u0, spec)
+        s = event_scores(u, users.ring(i), int(users.count[i]), p)
+        g, loss = event_gradient(s, j, p, spec, neg)
+        loss_sum += w * loss
+        weight_sum += w
+        if not meta:  # the trajectory follows its own (constant) θ
+            u = _decayed(users, i, u_carried, t, p_traj.u0, spec)
+            s = event_scores(u, users.ring(i), int(users.count[i]), p_traj)
+            g, _ = event_gradient(s, j, p_traj, spec, neg)
+        _step(users, i, u, j, t, g, w, p if meta else p_traj, spec)
+    denominator = capacity if normalizer == "events" else max(weight_sum, 1.0)
+    objective = loss_sum / denominator
+    if weight_decay > 0:
+        decay = float(np.sum(np.asarray(theta.P, np.float64) ** 2))
+        if theta.E is not None:
+            decay += float(np.sum(np.asarray(theta.E, np.float64) ** 2))
+        objective += 0.5 * weight_decay * decay
+    return objective
+
+
+def finite_difference_gradient(objective, theta: Theta, names: list[str], *, h: float = 1e-6) -> dict[str, np.ndarray]:
+    """Central differences of objective(θ) in float64, for the named parameters of θ."""
+    theta = Theta(**{k: np.asarray(v, np.float64) for k, v in theta.arrays().items()})
+    grads = {}
+    for name in names:
+        base = getattr(theta, name)
+        grad = np.zeros(base.shape)
+        for idx in np.ndindex(base.shape):
+            plus, minus = base.copy(), base.copy()
+            plus[idx] += h
+            minus[idx] -= h
+            grad[idx] = (objective(theta.replace(**{name: plus})) - objective(theta.replace(**{name: minus}))) / (2 * h)
+        grads[name] = grad
+    return grads
+
+
+@dataclass
+class ReferenceAdam:
+    """θ's Adam (train.lr per parameter), float64: the update the engine's ThetaAdam must take."""
+
+    lrs: dict[str, float]
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        self.t = 0
+        self.m: dict[str, np.ndarray] = {}
+        self.v: dict[str, np.ndarray] = {}
+
+    def step(self, theta: Theta, grads: dict[str, np.ndarray]) -> Theta:
+        self.t += 1
+        new = {}
+        for name, g in grads.items():
+            m = self.beta1 * self.m.get(name, 0.0) + (1 - self.beta1) * g
+            v = self.beta2 * self.v.get(name, 0.0) + (1 - self.beta2) * g * g
+            self.m[name], self.v[name] = m, v
+            m_hat = m / (1 - self.beta1 ** self.t)
+            v_hat = v / (1 - self.beta2 ** self.t)
+            new[name] = np.asarray(getattr(theta, name), np.float64) - self.lrs[name] * m_hat / (np.sqrt(v_hat) + self.eps)
+        return theta.replace(**new)

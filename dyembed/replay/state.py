@@ -11,6 +11,8 @@ On disk (`WORKDIR/state/`, format_version 1; documented in docs/model.md):
     slots.npy       optimiser slots [n_slots, n_users, d] float32 (adagrad: G; adam: m, v)
     count.npy       updates per user [n_users] int32 (= Adam's per-user step count)
     last_ts.npy     time of each user's last replayed event [n_users] int64 (0 = none)
+    recent.npy      the user's last H items, a ring buffer [n_users, H] int32 (-1 = empty; only
+                    with model.history > 0; slot k mod H holds the item of the user's k-th event)
     roles.npy       the split role per event row used in training [rows] int8 (0/1/2)
 
 Writes are atomic: every file goes to `state.tmp-<pid>/` through dyembed.artefacts, then the
@@ -44,6 +46,7 @@ FORMAT_VERSION = 1
 STATE_DIR = "state"
 PREV_DIR = "state.prev"
 USER_FILES = ("U", "slots", "count", "last_ts")
+OPTIONAL_USER_FILES = ("recent",)  # saved when present
 
 
 @dataclass
@@ -54,6 +57,7 @@ class UserState:
     slots: np.ndarray  # [n_slots, n_users, d] float32 (sgd 0, adagrad 1, adam 2)
     count: np.ndarray  # [n_users] int32
     last_ts: np.ndarray  # [n_users] int64
+    recent: np.ndarray | None = None  # [n_users, H] int32 ring of recent items (-1 = empty), model.history > 0
     # (fields may also be StreamedArray, for writing/reading large tables in chunks)
 
     @property
@@ -64,13 +68,24 @@ class UserState:
     def dim(self) -> int:
         return int(self.U.shape[1])
 
+    @property
+    def history(self) -> int:
+        """H, the number of recent items kept per user (0: none)."""
+        return 0 if self.recent is None else int(self.recent.shape[1])
+
+    def arrays(self) -> dict[str, Any]:
+        """name → array of every per-user array the state holds (what state/ stores)."""
+        out = {name: getattr(self, name) for name in USER_FILES}
+        out.update({name: getattr(self, name) for name in OPTIONAL_USER_FILES if getattr(self, name) is not None})
+        return out
+
     def copy(self) -> "UserState":
-        return UserState(self.U.copy(), self.slots.copy(), self.count.copy(), self.last_ts.copy())
+        return UserState(**{name: np.array(a, copy=True) for name, a in self.arrays().items()})
 
     @classmethod
     def fresh(cls, n_users: int, dim: int, n_slots: int, *, init: str = "prior", u0: np.ndarray | None = None,
-              seed: int = 0, init_scale: float = 0.1) -> "UserState":
-        """Users before any event: u = u0 (prior), 0 (zero) or N(0, init_scale²) (random)."""
+              seed: int = 0, init_scale: float = 0.1, history: int = 0) -> "UserState":
+        """Users before any event: u = u0 (prior), 0 (zero) or N(0, init_scale²) (random); no recent items."""
         if init == "prior" and u0 is not None:
             U = np.broadcast_to(np.asarray(u0, np.float32), (n_users, dim)).copy()
         elif init == "random":
@@ -78,7 +93,8 @@ class UserState:
         else:
             U = np.zeros((n_users, dim), np.float32)
         return cls(U=U, slots=np.zeros((n_slots, n_users, dim), np.float32),
-                   count=np.zeros(n_users, np.int32), last_ts=np.zeros(n_users, np.int64))
+                   count=np.zeros(n_users, np.int32), last_ts=np.zeros(n_users, np.int64),
+                   recent=np.full((n_users, history), -1, np.int32) if history > 0 else None)
 
     def grown(self, n_users: int, fresh: "UserState") -> "UserState":
         """This state extended with the rows of `fresh` for users n_old..n_users-1 (new users)."""
@@ -90,6 +106,7 @@ class UserState:
             slots=np.concatenate([self.slots, fresh.slots[:, old:n_users]], axis=1),
             count=np.concatenate([self.count, fresh.count[old:n_users]]),
             last_ts=np.concatenate([self.last_ts, fresh.last_ts[old:n_users]]),
+            recent=None if self.recent is None else np.concatenate([self.recent, fresh.recent[old:n_users]]),
         )
 
 
@@ -169,8 +186,9 @@ def save_state(workdir: str | Path, *, users: UserState, theta: dict[str, np.nda
     tmp.mkdir(parents=True)
     try:
         _save_npz(tmp / "theta.npz", {k: np.asarray(v) for k, v in theta.items()})
-        for name in USER_FILES:
-            _save_npy(tmp / f"{name}.npy", getattr(users, name))
+        user_arrays = users.arrays()
+        for name, array in user_arrays.items():
+            _save_npy(tmp / f"{name}.npy", array)
         _save_npy(tmp / "roles.npy", np.asarray(roles, np.int8))
         write_text(tmp / "config.toml", config_toml)
         files = {}
@@ -185,8 +203,8 @@ def save_state(workdir: str | Path, *, users: UserState, theta: dict[str, np.nda
             "version": next_version(workdir),
             **manifest,
             "theta_shapes": {k: list(np.shape(v)) for k, v in theta.items()},
-            "user_shapes": {name: list(getattr(users, name).shape) for name in USER_FILES},
-            "user_dtypes": {name: np.dtype(getattr(users, name).dtype).name for name in USER_FILES},
+            "user_shapes": {name: list(a.shape) for name, a in user_arrays.items()},
+            "user_dtypes": {name: np.dtype(a.dtype).name for name, a in user_arrays.items()},
             "files": files,
         }
         write_json(tmp / "manifest.json", full)
@@ -243,10 +261,11 @@ def load_state(workdir: str | Path, *, verify: bool = True, streamed: bool = Fal
     try:
         with np.load(directory / "theta.npz", allow_pickle=False) as npz:
             theta = {k: npz[k] for k in npz.files}
+        names = list(USER_FILES) + [n for n in OPTIONAL_USER_FILES if f"{n}.npy" in manifest.get("files", {})]
         if streamed:
-            arrays = {name: npy_chunks(directory / f"{name}.npy") for name in USER_FILES}
+            arrays = {name: npy_chunks(directory / f"{name}.npy") for name in names}
         else:
-            arrays = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in USER_FILES}
+            arrays = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in names}
         roles = np.load(directory / "roles.npy", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise StateError(f"cannot read the state in {directory}: {exc}") from None

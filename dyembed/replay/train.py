@@ -34,6 +34,7 @@ from dyembed.replay.io import Events, check_events, events_rows, iter_events, lo
 from dyembed.replay.seen import seen_items
 from dyembed.replay.spec import RuleSpec
 from dyembed.replay.state import UserState, load_state, save_state
+from dyembed.replay.theta import Theta
 from dyembed.split import TEST, TRAIN, VALIDATION, loo_split, loo_skipped_users, temporal_split
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,9 @@ def _make_engine(model, spec: RuleSpec, state: UserState | None, cfg: Config, n_
     from dyembed.replay.engine import Engine
 
     rt = cfg.runtime
-    return Engine(model, spec, state, n_users=n_users, lr=cfg.train.lr, meta=cfg.train.meta, weight_decay=cfg.train.weight_decay,
+    t = cfg.train
+    return Engine(model, spec, state, n_users=n_users, lr=t.lr, scalar_lr=t.scalar_lr, meta=t.meta,
+                  weight_decay=t.weight_decay, loss_normalizer=t.loss_normalizer,
                   num_negatives=cfg.model.num_negatives, mixed_precision=rt.mixed_precision, jit=rt.jit,
                   max_block_mb=rt.max_block_mb)
 
@@ -243,7 +246,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
         seen = seen_items(n_users, seen_users, train_items_cat)
     del seen_u, train_items, seen_users
 
-    theta0 = init_theta(features, mcfg, seed=tcfg.seed, train_items=train_items_cat, neg_kind=mcfg.neg_sampling)
+    theta0 = init_theta(features, mcfg, seed=tcfg.seed, train_items=train_items_cat)
     del train_items_cat
     model = Model(features, theta0, mcfg)
     feature_dim = int(features.shape[1])
@@ -300,7 +303,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
             val = ndcg_at(val_ranks, tcfg.val_k)
             record[f"val_ndcg@{tcfg.val_k}"] = round(val, 5)
             if val > best["val"]:
-                best.update(val=val, epoch=epoch, theta=model.to_numpy())
+                best.update(val=val, epoch=epoch, theta=model.to_theta())
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -354,7 +357,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
         "train_events_per_second": round(n_train * len(history) / max(train_seconds, 1e-9), 1),
     }
     watermark = {"rows": n_rows, "last_ts": last_ts}
-    save_state(workdir, users=state, theta=model.to_numpy(), roles=roles,
+    save_state(workdir, users=state, theta=model.to_theta().arrays(), roles=roles,
                manifest={"watermark": watermark, "n_users": state.n_users, "n_items": n_items, "dim": mcfg.dim,
                          "feature_dim": feature_dim, "rule": mcfg.rule, "loss": mcfg.loss,
                          "user_init": mcfg.user_init, "split": settings, "train": summary},
@@ -365,22 +368,12 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
     return summary
 
 
-def _extend_theta(theta: dict[str, np.ndarray], features: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
-    """New items appended since training: residual 0 (text only), bias = the median bias."""
-    old, new = theta["b"].shape[0], features.shape[0]
-    if new < old:
-        raise StateError(f"item_embeddings.parquet has {new} items but the state has {old}: items were removed; retrain")
-    if new == old:
-        return theta
-    theta = dict(theta)
-    extra = new - old
-    theta["b"] = np.concatenate([theta["b"], np.full(extra, np.median(theta["b"]), np.float32)])
-    if "E" in theta:
-        theta["E"] = np.concatenate([theta["E"], np.zeros((extra, theta["E"].shape[1]), np.float32)])
-    if "logq" in theta:
-        theta["logq"] = np.concatenate([theta["logq"], np.full(extra, theta["logq"].min(), np.float32)])
-    log.info("θ extended to %d new items (text features only)", extra)
-    return theta
+def _extend_theta(theta: Theta, features: np.ndarray) -> Theta:
+    """θ for items appended since training (text features only: theta.PARAMS' new-item values)."""
+    grown = theta.extend_items(features.shape[0])
+    if grown.n_items > theta.n_items:
+        log.info("θ extended to %d new items (text features only)", grown.n_items - theta.n_items)
+    return grown
 
 
 def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progress | None,
@@ -409,7 +402,7 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
         raise StateError(f"events.parquet has {n_rows} rows but the state already replayed {watermark['rows']}: "
                          "the log was rewritten, not appended; train again without --resume")
     features = load_features(workdir)
-    theta = _extend_theta(theta, features, cfg)
+    theta = _extend_theta(Theta.from_arrays(theta), features)
     new = read_events(workdir, start_row=watermark["rows"])
     check_events(new, features.shape[0], "events.parquet (new rows)")
     if len(new) and new.ts[0] < watermark["last_ts"]:
@@ -452,7 +445,7 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
     train_info = dict(manifest.get("train", {}))
     train_info["resumes"] = train_info.get("resumes", []) + [
         {k: summary[k] for k in ("new_events", "update_global", "loss", "watermark")}]
-    save_state(workdir, users=state, theta=model.to_numpy(), roles=new_roles,
+    save_state(workdir, users=state, theta=model.to_theta().arrays(), roles=new_roles,
                manifest={"watermark": new_mark, "n_users": state.n_users, "n_items": n_items,
                          "dim": mcfg.dim, "feature_dim": feature_dim, "rule": mcfg.rule, "loss": mcfg.loss,
                          "user_init": mcfg.user_init, "split": manifest.get("split"), "train": train_info},
