@@ -12,11 +12,11 @@ from dyembed.evaluate.baselines import (
     RandomScorer,
     RecentPopScorer,
     rank_rows,
-    seen_csr,
     topk_items,
     user_blocks,
 )
 from dyembed.evaluate.metrics import ranks_from_scores
+from dyembed.replay.seen import seen_before_events, seen_items
 
 
 def make_log(seed=0, n=400, n_users=15, n_items=30) -> EventLog:
@@ -91,16 +91,19 @@ def test_no_leakage_changing_a_test_item_keeps_its_scores(name):
 
 
 def test_masking_removes_seen_items_but_never_the_target():
+    """Seen = the user's history items and its earlier test events (dyembed.replay.seen)."""
     log = make_log(6)
     hist, test = np.arange(300), np.arange(300, 400)
-    seen = seen_csr(log.n_users, log.user_idx[hist], log.item_idx[hist])
+    history = seen_items(log.n_users, log.user_idx[hist], log.item_idx[hist])
+    seen = seen_before_events(log.n_users, log.user_idx[test], log.item_idx[test], history)
     r_off, _ = rank_rows(PopScorer(log, hist), log, test)
     r_on, top_on = rank_rows(PopScorer(log, hist), log, test, exclude=seen, topk=10)
     assert (r_on <= r_off).all() and (r_on < r_off).any()
+    counts = PopScorer(log, hist).counts
     for n, r in enumerate(test):
         u = log.user_idx[r]
-        user_seen = set(seen.indices[seen.indptr[u]:seen.indptr[u + 1]].tolist())
-        counts = PopScorer(log, hist).counts
+        user_seen = set(log.item_idx[hist][log.user_idx[hist] == u].tolist())
+        user_seen |= set(log.item_idx[test[:n]][log.user_idx[test[:n]] == u].tolist())  # earlier test events
         target = log.item_idx[r]
         assert not (user_seen - {target}) & set(top_on[n].tolist())
         above = [j for j in range(log.n_items) if j != target and counts[j] >= counts[target] and j not in user_seen]

@@ -71,6 +71,23 @@ def test_frozen_ranks_match_brute_force_with_masks_and_ties(trained):
         assert set(out.topk_items[k].tolist()) == set(np.argsort(-s)[:5].tolist())
 
 
+def test_event_seen_masks_earlier_events_of_the_stream_too(trained):
+    """EventSeen: each event's mask is its user's history plus the user's earlier ranked events."""
+    from dyembed.replay.seen import seen_before_events
+
+    users, items, ts = random_events(200, N_USERS, N_ITEMS, seed=11)
+    history = seen_items(N_USERS, users[:60], items[:60])
+    seen = seen_before_events(N_USERS, users[60:], items[60:], history)
+    out = replay_ranks(trained, users[60:], items[60:], ts[60:], update=False, exclude=seen)
+    V, b = trained.item_matrix().astype(np.float64), trained.item_bias().astype(np.float64)
+    for k, (u, j) in enumerate(zip(users[60:], items[60:])):
+        s = V @ trained.state.U[u].astype(np.float64) / trained.temperature + b
+        before = set(items[:60][users[:60] == u].tolist()) | set(items[60:60 + k][users[60:60 + k] == u].tolist())
+        masked = np.isin(np.arange(N_ITEMS), list(before - {j}))
+        others = np.arange(N_ITEMS) != j
+        assert out.ranks[k] == 1 + int(((s >= s[j]) & others & ~masked).sum()), k
+
+
 def test_update_scores_before_the_step_and_returns_new_state(trained):
     users, items, ts = random_events(120, N_USERS, N_ITEMS, seed=10)
     out = replay_ranks(trained, users, items, ts, update=True)

@@ -48,37 +48,6 @@ class EventLog:
         return int(self.user_idx.size)
 
 
-@dataclass
-class Seen:
-    """Per-user item sets in CSR form (the shape of dyembed.replay.api.SeenItems)."""
-
-    indptr: np.ndarray
-    indices: np.ndarray
-
-
-def seen_csr(n_users: int, user_idx: np.ndarray, item_idx: np.ndarray) -> Seen:
-    """Distinct items of each user, sorted, as CSR."""
-    user_idx = np.asarray(user_idx, dtype=np.int64)
-    item_idx = np.asarray(item_idx, dtype=np.int64)
-    n_items = int(item_idx.max()) + 1 if item_idx.size else 1
-    keys = np.unique(user_idx * n_items + item_idx)
-    users, items = keys // n_items, keys % n_items
-    indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
-    return Seen(indptr=indptr, indices=items.astype(np.int32))
-
-
-def seen_mask(seen, users: np.ndarray, n_items: int) -> np.ndarray:
-    """bool [len(users), n_items]: True where the item is in that user's seen set."""
-    mask = np.zeros((users.size, n_items), dtype=bool)
-    starts, ends = seen.indptr[users], seen.indptr[users + 1]
-    lengths = ends - starts
-    rows = np.repeat(np.arange(users.size), lengths)
-    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    mask[rows, seen.indices[np.repeat(starts, lengths) + offsets]] = True
-    return mask
-
-
 class Scorer(Protocol):
     def scores(self, rows: np.ndarray) -> np.ndarray: ...
 
@@ -209,8 +178,8 @@ def rank_rows(scorer: Scorer, log: EventLog, rows: np.ndarray, *, exclude=None, 
               max_block_mb: float = 64.0, progress: Callable[[int], None] | None = None):
     """Ranks (int64 [n]) and top-K lists (int32 [n, topk] or None) of the test `rows`, in order.
 
-    `exclude`: per-user seen sets (CSR with indptr/indices) masked out of the ranking and of the
-    top-K; the target itself is never masked."""
+    `exclude`: the seen items (dyembed.replay.seen: EventSeen over these rows, or per-user
+    SeenItems) masked out of the ranking and of the top-K; the target itself is never masked."""
     rows = np.asarray(rows, dtype=np.int64)
     ranks = np.empty(rows.size, dtype=np.int64)
     top = np.full((rows.size, topk), -1, dtype=np.int32) if topk else None
@@ -219,7 +188,8 @@ def rank_rows(scorer: Scorer, log: EventLog, rows: np.ndarray, *, exclude=None, 
         block = rows[lo:hi]
         scores = scorer.scores(block)
         targets = log.item_idx[block]
-        mask = seen_mask(exclude, log.user_idx[block].astype(np.int64), log.n_items) if exclude is not None else None
+        mask = (exclude.mask(log.user_idx[block].astype(np.int64), log.n_items, rows=np.arange(lo, hi))
+                if exclude is not None else None)
         if mask is not None:
             mask[np.arange(block.size), targets] = False
         ranks[lo:hi] = ranks_from_scores(scores, targets, mask)

@@ -26,6 +26,7 @@ from dyembed.errors import ConfigError, InputDataError
 from dyembed.evaluate import baselines as bl
 from dyembed.lock import settle_interrupted_writes
 from dyembed.replay.scoring import score_users
+from dyembed.replay.seen import seen_items
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
     seen = None
     if exclude_seen:
         log_ = _load_log(workdir)
-        seen = bl.seen_csr(max(len(index), U_state.shape[0]), log_.user_idx, log_.item_idx)
+        seen = seen_items(max(len(index), U_state.shape[0]), log_.user_idx, log_.item_idx)
 
     notes: list[str] = []
     if requested is None:
@@ -198,7 +199,7 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
                     count = np.where(cold, 0, trained.state.count[np.maximum(idx, 0)])
                 mask = None
                 if seen is not None:
-                    mask = bl.seen_mask(seen, np.maximum(idx, 0), n_items)
+                    mask = seen.mask(np.maximum(idx, 0), n_items)
                     mask[cold] = False
                 top, top_scores = score_topk(score_users(trained.theta, V, U, recent, count), k, mask)
                 cols = _columns(block, top, top_scores, cold, catalogue)

@@ -13,9 +13,9 @@ All models rank the same test events over the full catalogue with pessimistic ti
 - `frozen` does the same but with the updates switched off during the test rows;
 - `static` is a free vector per user fitted offline on the history rows, never updated;
 - the numpy baselines (pop, recent-pop, random, history-mean) are in baselines.py.
-Seen-item masking, when on, removes the items of the user's history rows (for loo: every earlier
-event of the user; for temporal: the user's events before the cut — repeats inside the test period
-are never masked) from the ranking; the target itself is never masked.
+Seen-item masking (dyembed.masking decides whether; dyembed.replay.seen defines what), when on,
+removes from each test event's ranking the items its user consumed before it — its history rows
+and, in the prequential temporal protocol, its earlier test events; the target is never masked.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from dyembed.evaluate.metrics import RankAccumulator, TopKAccumulator, metric_na
 from dyembed.evaluate.report import SCHEMA, validate_report, write_plot, write_rank_dump, write_report
 from dyembed.lock import settle_interrupted_writes
 from dyembed.masking import decide as decide_masking
+from dyembed.replay.seen import seen_before_events, seen_items
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +245,11 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
         trained.item_matrix()
     trained.release_features()
     warmup = _unconsumed_history(trained, log_, roles, ev.protocol)
-    exclude_np = bl.seen_csr(log_.n_users, log_.user_idx[history_rows], log_.item_idx[history_rows]) if masked else None
-    exclude_tf = api.seen_items(log_.n_users, log_.user_idx[history_rows], log_.item_idx[history_rows]) if masked else None
+    # seen = the user's items before each test event: its history rows and its earlier test events
+    exclude = None
+    if masked:
+        history_seen = seen_items(log_.n_users, log_.user_idx[history_rows], log_.item_idx[history_rows])
+        exclude = seen_before_events(log_.n_users, log_.user_idx[test_rows], log_.item_idx[test_rows], history_seen)
     topk = max(ks)
     item_pct = popularity_percentile(np.bincount(log_.item_idx[history_rows], minlength=log_.n_items))
 
@@ -259,13 +263,13 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
             if warm_state is None and warmup.size:  # fold in the history the state has not seen, once
                 warm_state = _replay(trained, log_, warmup, update=True, exclude=None, topk=0).state
             ranks, top = _rank_dynamic(trained, log_, warm_state, test_rows, update=name == "dyembed",
-                                       exclude=exclude_tf, topk=topk, progress=tick)
+                                       exclude=exclude, topk=topk, progress=tick)
         elif name == "static":
-            ranks, top = _rank_static(trained, log_, history_rows, test_rows, ev, exclude=exclude_tf, topk=topk,
+            ranks, top = _rank_static(trained, log_, history_rows, test_rows, ev, exclude=exclude, topk=topk,
                                       progress=tick)
         else:
             scorer = _numpy_scorer(name, log_, history_rows, ev, trained)
-            ranks, top = bl.rank_rows(scorer, log_, test_rows, exclude=exclude_np, topk=topk,
+            ranks, top = bl.rank_rows(scorer, log_, test_rows, exclude=exclude, topk=topk,
                                       max_block_mb=ev.max_block_mb, progress=tick)
         ranks = np.asarray(ranks, dtype=np.int64)
         acc = RankAccumulator(ks, log_.n_users)
@@ -299,8 +303,8 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
         "protocol": ev.protocol,
         "split": split_info,
         "masking": {**masking.to_dict(),
-                    "seen_items": ("items of the user's earlier events" if ev.protocol == "loo"
-                                   else "items of the user's events before the cut") if masked else "none"},
+                    "seen_items": "items of the user's earlier events (history and earlier test events)"
+                    if masked else "none"},
         "ks": ks,
         "counts": {
             "events": len(log_), "users": log_.n_users, "items": log_.n_items,

@@ -34,7 +34,7 @@ import numpy as np
 from dyembed.envcheck import import_tensorflow
 from dyembed.replay import rules
 from dyembed.replay.model import Model
-from dyembed.replay.seen import SeenItems
+from dyembed.replay.seen import EventSeen, SeenItems
 from dyembed.replay.spec import RuleSpec
 from dyembed.replay.state import UserState
 from dyembed.replay.tbatch import PAD, Block, lane_layout, windows
@@ -486,7 +486,7 @@ class Engine:
         update: bool = True,
         train: bool = False,
         ranks: bool = False,
-        exclude: SeenItems | None = None,
+        exclude: SeenItems | EventSeen | None = None,
         topk: int = 0,
         lanes: int = 256,
         steps: int = 25,
@@ -584,7 +584,7 @@ class Engine:
             negs = np.zeros((n_steps, 0), np.int32)
         if exclude is not None:
             flat_t, flat_b = np.nonzero(valid)  # row-major: grouped by step
-            owner, ex_item = exclude.pairs(blk.users[flat_t, flat_b])
+            owner, ex_item = exclude.pairs(blk.users[flat_t, flat_b], rows=blk.pos[flat_t, flat_b] + w0)
             ex_t = flat_t[owner]
             ex_lane = flat_b[owner].astype(np.int32)
             ex_off = np.zeros(n_steps + 1, np.int32)

@@ -31,7 +31,7 @@ from dyembed.errors import ConfigError, InputDataError, StateError
 from dyembed.lock import WorkdirLock
 from dyembed.masking import decide as decide_masking
 from dyembed.replay.io import Events, check_events, events_rows, iter_events, load_features, n_users_of, read_events
-from dyembed.replay.seen import seen_items
+from dyembed.replay.seen import seen_before_events
 from dyembed.replay.spec import RuleSpec
 from dyembed.replay.state import UserState, load_state, save_state
 from dyembed.replay.theta import Theta
@@ -231,20 +231,22 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
     n_val = int((roles == VALIDATION).sum())
     if n_train == 0:
         raise InputDataError("no training events under the split (check evaluate.protocol / test_fraction)")
-    train_items, seen_u = [], []
+    stream_u, stream_i, is_train = [], [], []  # the train + validation rows, as the validation replay sees them
     for ev in source:
-        part, _ = _select(ev, roles, (TRAIN,))
-        train_items.append(part.item_idx)
-        seen_u.append(part.user_idx)
-    train_items_cat = np.concatenate(train_items)
+        part, part_roles = _select(ev, roles, (TRAIN, VALIDATION))
+        stream_u.append(part.user_idx)
+        stream_i.append(part.item_idx)
+        is_train.append(part_roles == TRAIN)
+    stream_users, stream_items, is_train_cat = np.concatenate(stream_u), np.concatenate(stream_i), np.concatenate(is_train)
+    train_items_cat = stream_items[is_train_cat]
     seen = None
-    seen_users = np.concatenate(seen_u)
     # validation ranks are masked as evaluate will mask the test ranks: one rule (dyembed.masking),
-    # decided here on the rows that are history for the validation events
-    if n_val and decide_masking(cfg.evaluate.mask_seen, seen_users, train_items_cat,
+    # decided on the rows that are history for the validation events; seen = the user's items
+    # before each replayed event (dyembed.replay.seen)
+    if n_val and decide_masking(cfg.evaluate.mask_seen, stream_users[is_train_cat], train_items_cat,
                                 cfg.evaluate.repeat_threshold).masked:
-        seen = seen_items(n_users, seen_users, train_items_cat)
-    del seen_u, train_items, seen_users
+        seen = seen_before_events(n_users, stream_users, stream_items)
+    del stream_u, stream_i, is_train, stream_users, stream_items, is_train_cat
 
     theta0 = init_theta(features, mcfg, seed=tcfg.seed, train_items=train_items_cat)
     del train_items_cat
@@ -272,7 +274,8 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
                     progress({"phase": phase, "epoch": epoch, "done": base + n_done, "total": total})
 
             res = engine.replay(part.user_idx, part.item_idx, part.ts, part.weight if use_w else None,
-                                update=True, train=train_mode, ranks=ranks, exclude=seen if ranks else None,
+                                update=True, train=train_mode, ranks=ranks,
+                                exclude=seen.part(done, done + len(part)) if ranks and seen is not None else None,
                                 lanes=tcfg.batch_size if train_mode else EVAL_LANES, steps=tcfg.truncation,
                                 window=tcfg.window, rng=rng, shuffle=train_mode, progress=tick)
             loss += res.loss_sum
