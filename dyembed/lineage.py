@@ -392,6 +392,8 @@ def _vector_problems(expected: Mapping[str, Any] | None, sc: Scan, allow_reencod
     if sc.vector_dim is not None and expected.get("dim") is not None and sc.vector_dim != expected["dim"]:
         return [f"item_embeddings.parquet has {sc.vector_dim}-d vectors, the state was trained on {expected['dim']}-d ones "
                 "(re-encoded with another model)"]
+    if sc.encoder is None and expected.get("encoder") is not None:
+        return [f"encode_manifest.json is missing (the state's item vectors came from encoder {expected['encoder']})"]
     if sc.encoder != expected.get("encoder"):
         return [f"item_embeddings.parquet was encoded by another encoder (fingerprint {expected.get('encoder')} → "
                 f"{sc.encoder}; `dyembed encode` with another model?)"]

@@ -303,6 +303,10 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
         reset()
         train_loss, _ = replay_pass("train", epoch, (TRAIN,), train_mode=tcfg.lr > 0, ranks=False)
         train_seconds += time.perf_counter() - t0
+        if not np.isfinite(train_loss):
+            scalars.close()
+            raise DivergedError(f"training diverged in epoch {epoch} (train loss {train_loss}): nothing was saved, the "
+                                "previous state is kept; lower train.lr or model.step_size (or check the events' weights)")
         record: dict[str, Any] = {"epoch": epoch, "loss": round(train_loss, 5),
                                   "alpha": float(np.mean(model.alpha())), "tau": model.temperature}
         if n_val:
@@ -322,10 +326,6 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
         log.debug("epoch %d: %s", epoch, record)
         if progress:
             progress({"phase": "epoch", **record, "val": record.get(f"val_ndcg@{tcfg.val_k}")})
-        if not np.isfinite(train_loss):
-            scalars.close()
-            raise DivergedError(f"training diverged in epoch {epoch} (train loss {train_loss}): nothing was saved, the "
-                                "previous state is kept; lower train.lr or model.step_size (or check the events' weights)")
         if n_val and tcfg.patience and bad_epochs >= tcfg.patience:
             stopped = "early_stopping"
             break
