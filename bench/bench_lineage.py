@@ -143,6 +143,7 @@ def measure(work: Path, rounds: int) -> dict:
     for _ in range(rounds):
         without.append(run(False))
         with_check.append(run(True))
+    print(f"# {work.name}: recommend CPU s without the check {[round(x, 3) for x in without]}, with {[round(x, 3) for x in with_check]}", file=sys.stderr)
     api.load_trained(work)  # the real path passes
     return {"work": str(work), "events": rows, "users": n_users, "items": n_items, "parts": parts,
             "recommend": (statistics.median(without), statistics.median(with_check))}
@@ -163,9 +164,10 @@ def main() -> None:
     works = []
     for src in sources:
         dest = args.cache / src.name
-        if dest.exists():
-            shutil.rmtree(dest)
-        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("state*", ".dyembed.lock"))
+        if dest.resolve() != src.resolve():  # prepared work dirs are copied, never modified
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(src, dest, ignore=shutil.ignore_patterns("state*", ".dyembed.lock"))
         works.append(dest)
     if not args.workdir:
         works.append(synthetic_workdir(args.cache, args.events, args.users, args.items, args.dim))
