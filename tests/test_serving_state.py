@@ -33,9 +33,9 @@ def _reference(work, trained, users, items, ts):
     from dyembed.replay.state import UserState
 
     spec = trained.spec
-    params = ReferenceParams(V=trained.item_matrix(), b=trained.theta["b"], tau=trained.temperature,
-                             alpha=trained.step_size(), u0=trained.prior())
-    fresh = UserState.fresh(trained.n_users, trained.state.dim, spec.n_slots, init=spec.init, u0=trained.prior())
+    params = ReferenceParams.from_theta(trained.theta, None, V=trained.item_matrix())
+    fresh = UserState.fresh(trained.n_users, trained.state.dim, spec.n_slots, init=spec.init, u0=trained.prior(),
+                            history=trained.state.history)
     return reference_replay(params, spec, fresh, users, items, ts)
 
 
@@ -65,8 +65,8 @@ def test_serving_state_consumed_every_row_and_equals_the_reference_replay(traine
     snap = load_trained(work, view="eval")
     roles = snap.split
     assert len(roles) == len(users) and (roles == 2).sum() == manifest["eval"]["test_events"] > 0
-    for k in serving.theta:  # one θ for both
-        np.testing.assert_array_equal(serving.theta[k], snap.theta[k])
+    for k, v in serving.theta.arrays().items():  # one θ for both
+        np.testing.assert_array_equal(v, snap.theta.arrays()[k])
     history = roles != 2
     np.testing.assert_array_equal(snap.state.count, np.bincount(users[history], minlength=n))
     ref_snap, _, _, _ = _reference(work, snap, users[history], items[history], ts[history])
@@ -92,8 +92,7 @@ def test_evaluate_scores_the_test_rows_from_the_snapshot(trained, tmp_path):
     exclude = None
     if report["masking"]["seen_masked"]:  # the items of each user's history rows
         exclude = [set(items[~test][users[~test] == u].tolist()) for u in range(snap.n_users)]
-    params = ReferenceParams(V=snap.item_matrix(), b=snap.theta["b"], tau=snap.temperature, alpha=snap.step_size(),
-                             u0=snap.prior())
+    params = ReferenceParams.from_theta(snap.theta, None, V=snap.item_matrix())
     _, _, ref_ranks, _ = reference_replay(params, snap.spec, snap.state, users[test], items[test], ts[test],
                                           exclude=exclude)
     np.testing.assert_array_equal(ranks, ref_ranks)
@@ -215,3 +214,32 @@ def test_protocol_none_serves_everything_and_evaluate_names_the_protocol_flag(tm
     result = runner.invoke(app, ["evaluate", str(work)])
     assert result.exit_code == 4 and result.stdout == ""
     assert "it was trained with --protocol none" in result.stderr and "--protocol loo` (or --protocol temporal)" in result.stderr
+
+
+def test_a_per_user_array_the_model_adds_goes_through_serving_snapshot_resume_and_verify(tmp_path):
+    """model.history keeps each user's recent items (recent.npy): saved in state/ and state/eval/,
+    checksummed, loaded by both views, carried by resume — no code of the state layout names it."""
+    from dyembed.evaluate.run import evaluate
+    from dyembed.replay.api import load_trained
+    from dyembed.replay.train import train
+    from evaluate_world import write_world
+
+    work = tmp_path / "w"
+    write_world(work, seed=3)
+    cfg = tiny_config("loo")
+    cfg.model.history, cfg.model.repeat = 4, True
+    train(work, copy.deepcopy(cfg))
+    manifest = json.loads((work / "state" / "manifest.json").read_text())
+    assert {"recent.npy", "eval/recent.npy"} <= set(manifest["files"])
+    assert manifest["user_shapes"]["recent"] == [30, 4] == manifest["eval"]["user_shapes"]["recent"]
+    users, items, _ = _events(work)
+    serving, snap = load_trained(work), load_trained(work, view="eval")
+    last_item = {int(u): int(i) for u, i in zip(users, items)}  # rows in order: the last write wins
+    k = serving.state.count - 1  # slot of each user's last event in the ring
+    assert all(serving.state.recent[u, k[u] % 4] == last_item[u] for u in range(30))
+    assert (snap.state.recent != serving.state.recent).any()  # the snapshot has not seen the test items
+    assert evaluate(work, cfg, models=["dyembed"])["models"]["dyembed"]["events"] == 30
+    _append(work, new_user=False)
+    assert train(work, copy.deepcopy(cfg), resume=True)["eval_snapshot"] == "kept"
+    result = runner.invoke(app, ["--quiet", "state", "verify", str(work)])
+    assert result.exit_code == 0, result.stderr
