@@ -285,7 +285,7 @@ def memory_check(state_dir: Path, *, load: bool, n_users: int = 1_000_000, dim: 
            "events_replayed": events, "user_table_mb": n_users * dim * 4 * 3 / 2**20,
            "rss_before_table_mb": base, "peak_rss_after_table_mb": after_table, "peak_rss_after_replay_mb": peak_rss_mb()}
     if not load:
-        save_state(state_dir, users=engine.streamed_state(), theta=model.to_theta().arrays(), roles=np.zeros(events, np.int8),
+        save_state(state_dir, users=engine.streamed_state(), theta=model.to_theta().arrays(),
                    manifest={"watermark": {"rows": events, "last_ts": int(ts[-1])}}, config_toml="")
     out.update(peak_rss_mb=peak_rss_mb(), rss_file_mb=_status_mb("RssFile"), rss_anon_mb=_status_mb("RssAnon"))
     return out

@@ -21,12 +21,17 @@ def _table(rows: list[dict[str, Any]], title: str, checks: bool):
         table.add_column(name, justify="left" if name in ("dir", "created") else "right")
     if checks:
         table.add_column("check")
+        table.add_column("lineage")
     for r in rows:
         mark = r.get("watermark") or {}
         cells = [r["dir"], str(r.get("version", "–")), str(r.get("created", "–")), f"{mark.get('rows', '–')}",
                  f"{mark.get('last_ts', '–')}", str(r.get("users", "–")), str(r.get("items", "–"))]
         if checks:
-            cells.append("ok" if r.get("ok") else r.get("problem", "?"))
+            lineage = r.get("lineage", "–")
+            cells.append("ok" if r.get("files_ok", r.get("ok")) else r.get("problem", "?"))
+            # a foreign current version fails (the error line says why); a previous one is only
+            # marked here: rolling back to it is refused
+            cells.append(lineage if lineage in ("ok", "–") else "does not belong to the work dir's files")
         table.add_row(*cells)
     return table
 
@@ -55,7 +60,8 @@ def register(app: typer.Typer) -> None:
     @guarded
     def verify_command(workdir: Annotated[Path, typer.Argument(help="Work directory.")], json_out: JsonOpt = False,
                        all_versions: Annotated[bool, typer.Option("--all", help="Also verify the previous versions.")] = True) -> None:
-        """Check every state file against its size and sha256 in manifest.json; exit 4 naming a bad file."""
+        """Check every state file (size, sha256, no NaN/inf) and the current state's lineage against the work
+        dir's files; exit 4 naming what is wrong."""
         from dyembed.errors import StateError
         from dyembed.state_versions import verify_states
 

@@ -1,13 +1,16 @@
 """Typed configuration with one precedence rule: defaults < TOML file < CLI flags / `--set`.
 
-Every section is a dataclass; the field annotations are the schema. Unknown keys, wrong types and
-values outside a field's `choices` raise `ConfigError` naming the key. The resolved config is
-saved (as TOML) next to every output, so a run can be repeated with `--config that-file`.
+Every section is a dataclass; the field annotations are the schema. Unknown keys, wrong types,
+values outside a field's `choices` and numbers outside their range (`CONSTRAINTS`, below the
+dataclasses: every numeric key must be finite and in range) raise `ConfigError` naming the key,
+when the config is loaded — before any heavy work. The resolved config is saved (as TOML) next to
+every output, so a run can be repeated with `--config that-file`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -272,6 +275,95 @@ class Config:
 SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
 
 
+@dataclass(frozen=True)
+class Range:
+    """Valid values of a numeric key (bounds inclusive unless `*_open`); NaN and ±inf never are."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def ok(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self, integer: bool = False) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return ("an integer" if integer else "a finite number") + (" " + " and ".join(parts) if parts else "")
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE, ANY = Range(0), Range(1), Range(0, low_open=True), Range()
+FRACTION, OPEN_FRACTION = Range(0, 1), Range(0, 1, low_open=True, high_open=True)
+INT64 = 2**63 - 1
+
+# every int / float key of every section (a test checks that none is missing): lists (evaluate.ks)
+# are checked element by element, None is allowed where the annotation allows it
+CONSTRAINTS: dict[str, Range] = {
+    "synth.users": AT_LEAST_1, "synth.items": AT_LEAST_1, "synth.events": AT_LEAST_1, "synth.topics": AT_LEAST_1,
+    "synth.seed": AT_LEAST_0, "synth.drift_rate": AT_LEAST_0, "synth.focus": FRACTION,
+    "synth.popularity_exponent": AT_LEAST_0, "synth.start_time": AT_LEAST_0, "synth.span_days": POSITIVE,
+    "synth.malformed_rows": AT_LEAST_0,
+    "data.min_rating": ANY, "data.min_user_events": AT_LEAST_1, "data.min_item_events": AT_LEAST_1,
+    "data.kcore": AT_LEAST_0, "data.max_future_days": ANY,  # negative: the check is off
+    "data.chunk_rows": AT_LEAST_1,
+    "encode.max_length": Range(2), "encode.batch_size": AT_LEAST_1, "encode.hashing_dim": AT_LEAST_1,
+    "encode.checkpoint_every": AT_LEAST_1, "encode.compile_min_texts": AT_LEAST_0, "encode.adapt_steps": AT_LEAST_0,
+    "encode.adapt_lr": POSITIVE, "encode.adapt_batch_size": AT_LEAST_1, "encode.adapt_mask_prob": OPEN_FRACTION,
+    "encode.adapt_holdout": OPEN_FRACTION, "encode.seed": AT_LEAST_0,
+    "model.dim": AT_LEAST_1, "model.num_negatives": AT_LEAST_1, "model.neg_power": AT_LEAST_0,
+    "model.init_scale": AT_LEAST_0, "model.temperature": POSITIVE, "model.step_size": POSITIVE,
+    "model.l2_prior": AT_LEAST_0, "model.decay_half_life_days": AT_LEAST_0, "model.clip_norm": AT_LEAST_0,
+    "model.adam_beta1": Range(0, 1, high_open=True), "model.adam_beta2": Range(0, 1, high_open=True),
+    "model.eps": POSITIVE, "model.history": AT_LEAST_0, "model.repeat_init": ANY,
+    "model.repeat_decay": OPEN_FRACTION, "model.context_decay": OPEN_FRACTION,  # stored as logits
+    "train.epochs": AT_LEAST_0, "train.lr": AT_LEAST_0, "train.batch_size": AT_LEAST_1, "train.window": AT_LEAST_1,
+    "train.truncation": AT_LEAST_1, "train.weight_decay": AT_LEAST_0, "train.patience": AT_LEAST_0,
+    "train.val_k": AT_LEAST_1, "train.validation_fraction": Range(0, 1, high_open=True),
+    "train.time_budget": AT_LEAST_0, "train.seed": AT_LEAST_0, "train.scalar_lr": AT_LEAST_0,
+    "evaluate.test_fraction": OPEN_FRACTION, "evaluate.test_start": ANY, "evaluate.ks": AT_LEAST_1,
+    "evaluate.repeat_threshold": FRACTION, "evaluate.bootstrap": AT_LEAST_0, "evaluate.seed": AT_LEAST_0,
+    "evaluate.recent_window_days": POSITIVE, "evaluate.history_half_life_events": AT_LEAST_0,
+    "evaluate.static_epochs": AT_LEAST_1, "evaluate.static_l2": AT_LEAST_0, "evaluate.max_block_mb": POSITIVE,
+    "evaluate.plot_buckets": AT_LEAST_1,
+    "runtime.threads": AT_LEAST_0, "runtime.max_block_mb": AT_LEAST_1, "runtime.lock_wait": AT_LEAST_0,
+    "runtime.keep_states": AT_LEAST_1,
+}
+
+
+def _check_value(dotted: str, value: Any, source: str = "") -> None:
+    """ConfigError unless a numeric key's value is finite and in its CONSTRAINTS range."""
+    rule = CONSTRAINTS.get(dotted)
+    if rule is None or value is None:
+        return
+    where = f" ({source})" if source else ""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue  # the type check (_coerce) reports it
+        integer = isinstance(v, int)
+        if integer and abs(v) > INT64:
+            raise ConfigError(f"config key '{dotted}'{where} must be an integer of at most {INT64} in size; got {v!r}")
+        if not rule.ok(float(v)):
+            raise ConfigError(f"config key '{dotted}'{where} must be {rule.describe(integer)}; got {v!r}")
+
+
+def check_values(cfg: "Config") -> None:
+    """Every numeric key of every section in range (CONSTRAINTS); ConfigError naming the first
+    that is not. load_config calls it; library entry points (train, evaluate, …) too, for configs
+    built in code."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            _check_value(f"{section.name}.{f.name}", getattr(values, f.name))
+
+
 def _section_types(section_cls: type) -> dict[str, Any]:
     return typing.get_type_hints(section_cls)
 
@@ -325,6 +417,7 @@ def _set_key(cfg: Config, dotted: str, value: Any, source: str) -> None:
     choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(section)}[key]
     if choices and converted not in choices:
         raise ConfigError(f"config key '{dotted}' must be one of {', '.join(map(str, choices))}; got {converted!r}")
+    _check_value(dotted, converted, source)
     setattr(section, key, converted)
 
 
@@ -388,6 +481,7 @@ def load_config(
             raise ConfigError(f"--set expects section.key=value, got '{item}'")
         dotted, raw = item.split("=", 1)
         _set_key(cfg, dotted.strip(), parse_set_value(raw.strip()), "--set")
+    check_values(cfg)
     return cfg
 
 

@@ -41,3 +41,7 @@ class StateError(DyembedError):
     """A locked, incompatible or corrupt state (exit 4)."""
 
     exit_code = EXIT_STATE
+
+
+class DivergedError(StateError):
+    """A training or replay run produced non-finite numbers: nothing was saved (exit 4)."""

@@ -6,7 +6,10 @@ holds a manifest.json with the sha256 and size of every other file of the direct
 
 Verification checks, per version: the manifest is readable JSON of the dyembed-state format;
 every file it lists exists with the recorded size and sha256 (a truncated or bit-flipped file is
-named); the .npy / .npz headers parse. Nothing here modifies a state except `rollback`.
+named); the .npy / .npz arrays parse and hold no NaN/inf; and its lineage (dyembed/lineage.py):
+the current version must belong to the work dir's files (else it fails), a previous one is only
+marked when it does not (rolling back to it is then refused). Nothing here modifies a state
+except `rollback`.
 """
 
 from __future__ import annotations
@@ -118,17 +121,45 @@ def _check_file(path: Path, record: Any) -> str | None:
         return f"state file {path} does not match its sha256 in manifest.json (corrupt or edited)"
     try:
         if path.suffix == ".npy":
-            np.load(path, mmap_mode="r", allow_pickle=False)
+            bad = _nonfinite_count(np.load(path, mmap_mode="r", allow_pickle=False))
         elif path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
-                for key in npz.files:
-                    npz[key]
+                bad = sum(_nonfinite_count(npz[key]) for key in npz.files)
+        else:
+            bad = 0
     except Exception as exc:  # noqa: BLE001 - any unreadable array is a corrupt state
         return f"state file {path} cannot be read: {' '.join(str(exc).split())}"
+    if bad:
+        return f"state file {path} holds {bad:,} non-finite numbers (NaN/inf): the state is unusable"
     return None
 
 
-REQUIRED = ("theta.npz", "U.npy", "slots.npy", "count.npy", "last_ts.npy", "roles.npy", "config.toml")
+def _nonfinite_count(values: np.ndarray, block: int = 1 << 22) -> int:
+    """NaN/inf entries of a (memory-mapped) array, read in blocks."""
+    if not np.issubdtype(values.dtype, np.floating):
+        return 0
+    flat = values.reshape(-1)
+    return sum(int(len(part) - np.count_nonzero(np.isfinite(part)))
+               for part in (flat[lo:lo + block] for lo in range(0, len(flat), block)))
+
+
+_NAME_RE = re.compile(r"^(?:eval/)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def required_files(manifest: dict[str, Any]) -> list[str]:
+    """The files every state of this layout must list: θ, config, one .npy per user array (the
+    required ones and those its manifest says were saved, e.g. recent.npy), and the evaluation
+    snapshot's arrays + roles when the state has one."""
+    from dyembed.replay.state import EVAL_DIR, ROLES_FILE, USER_FILES
+
+    def arrays(part: dict[str, Any]) -> list[str]:  # the state's own, plus any optional one it says it saved
+        saved = part.get("user_shapes") if isinstance(part.get("user_shapes"), dict) else {}
+        return list(USER_FILES) + sorted(set(saved) - set(USER_FILES))
+
+    names = ["theta.npz", "config.toml"] + [f"{n}.npy" for n in arrays(manifest)]
+    if isinstance(manifest.get("eval"), dict):
+        names += [f"{EVAL_DIR}/{n}.npy" for n in arrays(manifest["eval"])] + [f"{EVAL_DIR}/{ROLES_FILE}"]
+    return names
 
 
 def verify_dir(directory: Path) -> dict[str, Any]:
@@ -138,10 +169,10 @@ def verify_dir(directory: Path) -> dict[str, Any]:
     except StateError as exc:
         return {"dir": directory.name, "path": str(directory), "ok": False, "problem": str(exc)}
     manifest = read_state_manifest(directory)
-    problems = [f"state file missing from {directory / 'manifest.json'}: {name}" for name in REQUIRED
+    problems = [f"state file missing from {directory / 'manifest.json'}: {name}" for name in required_files(manifest)
                 if name not in manifest["files"]]
     for name, record in manifest["files"].items():
-        if "/" in name or name.startswith("."):
+        if not _NAME_RE.match(name) or ".." in name:
             problems.append(f"state manifest {directory / 'manifest.json'} lists a bad file name {name!r}")
             continue
         problem = _check_file(directory / name, record)
@@ -153,13 +184,53 @@ def verify_dir(directory: Path) -> dict[str, Any]:
     return row
 
 
+def lineage_problems(workdir: str | Path, directories: list[Path]) -> dict[Path, str | None]:
+    """For each state directory: why it does not belong to the work dir's files (None: it does).
+    One scan of the work dir serves every version (dyembed/lineage.py)."""
+    from dyembed import lineage
+
+    manifests = {}
+    for d in directories:
+        try:
+            manifests[d] = read_state_manifest(d)
+        except StateError as exc:
+            manifests[d] = {"problem": str(exc)}
+    wanted: dict[str, set[int]] = {}
+    for m in manifests.values():
+        if isinstance(m.get("lineage"), dict):
+            for key, values in lineage.marks(m["lineage"]).items():
+                wanted.setdefault(key, set()).update(values)
+    sc = lineage.scan(workdir, **{k: sorted(v) for k, v in wanted.items()})
+    out: dict[Path, str | None] = {}
+    for d, m in manifests.items():
+        try:
+            lineage.require(workdir, d, m.get("lineage"), sc)
+            out[d] = None
+        except StateError as exc:
+            out[d] = str(exc)
+    return out
+
+
 def verify_states(workdir: str | Path, *, include_previous: bool = True) -> list[dict[str, Any]]:
+    """verify_dir for each version (current first), plus its lineage: `lineage` is "ok" or why the
+    version does not belong to the work dir's files; for the current version that fails it."""
     dirs = state_dirs(workdir)
     if not dirs:
         raise StateError(f"no trained state in {Path(workdir) / STATE_DIR} (run `dyembed train {workdir}` first)")
     if not include_previous:
         dirs = dirs[:1]
-    return [verify_dir(d) for d in dirs]
+    rows = [verify_dir(d) for d in dirs]
+    readable = [d for d, r in zip(dirs, rows) if r["ok"]]
+    found = lineage_problems(workdir, readable) if readable else {}
+    for d, row in zip(dirs, rows):
+        row["files_ok"] = row["ok"]
+        if d not in found:
+            continue
+        row["lineage"] = found[d] or "ok"
+        if found[d] and d.name == STATE_DIR:
+            row["ok"] = False
+            row["problem"] = found[d]
+    return rows
 
 
 def install_state_dir(workdir: Path, tmp: Path, keep: int = 1) -> None:
@@ -220,6 +291,9 @@ def rollback(workdir: str | Path, *, version: int | None = None, wait: float = 0
         check = verify_dir(target)
         if not check["ok"]:
             raise StateError(f"cannot roll back to {target.name}: {check['problem']}")
+        foreign = lineage_problems(workdir, [target])[target]
+        if foreign:
+            raise StateError(f"cannot roll back to {target.name} (version {info['version']}): {foreign}")
         replaced = describe(workdir / STATE_DIR)
         tmp = workdir / f"state.tmp-{os.getpid()}"
         if tmp.exists():

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from dyembed.artefacts import read_json, require_file, sha256_file
-from dyembed.config import Config
+from dyembed.config import Config, check_values
 from dyembed.errors import ConfigError, InputDataError, StateError
 from dyembed.lock import WorkdirLock
 
@@ -123,6 +123,7 @@ def update(workdir: str | Path, cfg: Config, *, new_log: str | Path, new_items: 
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise InputDataError(f"work directory not found: {workdir}")
+    check_values(cfg)
     with WorkdirLock(workdir, command="update", wait=cfg.runtime.lock_wait):
         return _update(workdir, copy.deepcopy(cfg), Path(new_log), None if new_items is None else Path(new_items), progress,
                        user_id_salt)
@@ -136,7 +137,7 @@ def _update(workdir: Path, cfg: Config, new_log: Path, new_items: Path | None, p
     from dyembed.replay.io import events_rows
     from dyembed.replay.state import read_manifest, state_dir
     from dyembed.replay.train import resume_with_window_ranks
-    from dyembed.state_versions import verify_dir
+    from dyembed.state_versions import lineage_problems, verify_dir
 
     started = time.perf_counter()
     durations: dict[str, float] = {}
@@ -154,6 +155,11 @@ def _update(workdir: Path, cfg: Config, new_log: Path, new_items: Path | None, p
                           "replay incrementally; use drop or clamp (or preprocess + train from scratch)")
     # --hash-user-ids: the same salt as the work dir's (also when the file turns out to be applied already)
     check_workdir_salt(workdir, user_id_salt)
+    # the state must belong to this work dir's files before anything is appended to them: a log
+    # rewritten under it would lose events silently (dyembed/lineage.py)
+    foreign = lineage_problems(workdir, [state_dir(workdir)])[state_dir(workdir)]
+    if foreign:
+        raise StateError(foreign)
     cfg.data.events = str(new_log)
     if new_items is not None:
         cfg.data.items = str(new_items)

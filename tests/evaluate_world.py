@@ -83,11 +83,13 @@ def tiny_config(protocol: str):
 
 
 def write_state(workdir: Path, protocol: str, seed: int = 0) -> None:
-    """A state/ as `train` leaves it (users after every train + validation row of the split),
-    with a random θ instead of a trained one: the evaluate contracts (no leakage, masking, the
-    report) do not depend on θ being good, and this costs no training."""
+    """A state/ laid out as `train` leaves it, with a random θ instead of a trained one: the
+    evaluation snapshot (users after every train + validation row of the split) and a serving
+    state (the same vectors, counts over every row), with their lineage. The evaluate contracts
+    (no leakage, masking, the report) do not depend on θ being good, and this costs no training."""
     import pyarrow.parquet as pq
 
+    from dyembed import lineage
     from dyembed.config import to_toml
     from dyembed.replay.state import UserState, save_state
     from dyembed.replay.train import compute_roles, split_settings
@@ -105,18 +107,24 @@ def write_state(workdir: Path, protocol: str, seed: int = 0) -> None:
              "b": 0.1 * rng.standard_normal(n_items).astype(np.float32),
              "log_tau": np.array(0.0, np.float32), "log_alpha": np.array(np.log(0.5), np.float32),
              "u0": 0.2 * rng.standard_normal(d).astype(np.float32)}
-    users = UserState.fresh(n_users, d, 0, init="prior", u0=theta["u0"])  # theta: the arrays theta.npz holds
-    users.U += rng.standard_normal(users.U.shape).astype(np.float32)
-    history = roles != 2
-    users.count[:] = np.bincount(ev.user_idx.values[history], minlength=n_users)
-    last = np.zeros(n_users, np.int64)
-    last[ev.user_idx.values[history]] = ev.ts.values[history]  # rows are in time order: the last write wins
-    users.last_ts[:] = last
+    snapshot = UserState.fresh(n_users, d, 0, init="prior", u0=theta["u0"])  # theta: the arrays theta.npz holds
+    snapshot.U += rng.standard_normal(snapshot.U.shape).astype(np.float32)
+    serving = snapshot.copy()
+    for users, rows in ((snapshot, roles != 2), (serving, np.ones(len(roles), bool))):
+        users.count[:] = np.bincount(ev.user_idx.values[rows], minlength=n_users)
+        last = np.zeros(n_users, np.int64)
+        last[ev.user_idx.values[rows]] = ev.ts.values[rows]  # rows are in time order: the last write wins
+        users.last_ts[:] = last
     settings = split_settings(cfg)
-    save_state(workdir, users=users, theta=theta, roles=roles,
+    sc = lineage.scan(workdir, history_roles=roles)
+    save_state(workdir, users=serving, theta=theta, snapshot=(snapshot, roles),
                manifest={"watermark": {"rows": len(ev), "last_ts": int(ev.ts.values[-1])}, "n_users": n_users,
                          "n_items": n_items, "dim": d, "feature_dim": feature_dim, "rule": "sgd", "loss": "full",
-                         "user_init": "prior", "split": settings, "train": {}},
+                         "user_init": "prior", "split": settings, "train": {},
+                         "lineage": lineage.record(sc, rows=len(ev), n_users=n_users, n_items=n_items),
+                         "eval": {"protocol": protocol, "rows": len(ev), "n_users": n_users,
+                                  "test_events": int((roles == 2).sum()),
+                                  "lineage": lineage.eval_record(sc, n_users=n_users)}},
                config_toml=to_toml(cfg))
     (workdir / "config.toml").write_text(to_toml(cfg))
 

@@ -74,7 +74,7 @@ def test_encode_cli_errors_and_exit_codes(tmp_path):
     assert result.exit_code == 0 and "fell back to the hashing encoder" in result.output
 
     result = runner.invoke(app, ["encode", str(tmp_path / "w"), "--model", "hashing", "--batch-size", "0"])
-    assert result.exit_code == 2 and last_line(result) == "error: config key 'encode.batch_size' must be at least 1, got 0"
+    assert result.exit_code == 2 and last_line(result) == "error: config key 'encode.batch_size' (command-line flag) must be an integer >= 1; got 0"
     result = runner.invoke(app, ["encode", str(tmp_path / "w"), "--set", "encode.pooling=median"])
     assert result.exit_code == 2 and "encode.pooling" in last_line(result)
     assert all("Traceback" not in r for r in (result.output,))

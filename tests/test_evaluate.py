@@ -268,7 +268,7 @@ def test_no_leakage_dynamic_model(protocol, loo_workdir, temporal_workdir, out_d
     before, after, a, b, k, test_rows, new_item = _change_item_and_rank(workdir, out_dir, tmp_path, protocol, ["dyembed"])
     ev = _events(workdir)
     roles = _roles(workdir, protocol)
-    trained = api.load_trained(workdir)
+    trained = api.load_trained(workdir, view="eval")
     warm = np.flatnonzero((roles != 2) & (trained.split == 2))
     state = None
     if warm.size:

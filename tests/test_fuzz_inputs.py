@@ -159,7 +159,7 @@ def test_fuzz_set_overrides(item):
 
 # --------------------------------------------------------------------------- state files
 
-STATE_FILES = ["manifest.json", "U.npy", "slots.npy", "count.npy", "last_ts.npy", "roles.npy", "theta.npz", "config.toml"]
+STATE_FILES = ["manifest.json", "U.npy", "slots.npy", "count.npy", "last_ts.npy", "theta.npz", "config.toml"]
 
 
 @pytest.fixture(scope="module")

@@ -247,18 +247,23 @@ def test_closed_form_gradient_equals_gradient_tape(world):
 def test_state_save_load_round_trip(world, tmp_path):
     _, state, _ = world.run()
     roles = np.zeros(len(world.users), np.int8)
-    save_state(tmp_path, users=state, theta=world.model.to_theta().arrays(), roles=roles,
-               manifest={"watermark": {"rows": 500, "last_ts": int(world.ts[-1])}}, config_toml="[model]\n")
+    save_state(tmp_path, users=state, theta=world.model.to_theta().arrays(), snapshot=(state, roles),
+               manifest={"watermark": {"rows": 500, "last_ts": int(world.ts[-1])}, "eval": {"rows": 500}},
+               config_toml="[model]\n")
     manifest, theta, loaded, roles_back = load_state(tmp_path)
     assert_state_close(loaded, state, rtol=0, atol=0)
     for k, v in world.model.to_theta().arrays().items():
         assert np.array_equal(theta[k], v)
+    assert roles_back is None
+    _, _, snap, roles_back = load_state(tmp_path, view="eval")
+    assert_state_close(snap, state, rtol=0, atol=0)
     assert np.array_equal(roles_back, roles)
-    assert manifest["watermark"]["rows"] == 500 and "U.npy" in manifest["files"]
+    assert manifest["watermark"]["rows"] == 500 and {"U.npy", "eval/U.npy", "eval/roles.npy"} <= set(manifest["files"])
     # a second save keeps the first as state.prev; a corrupted file is refused
-    save_state(tmp_path, users=state, theta=theta, roles=roles, manifest={"watermark": {"rows": 500, "last_ts": 0}},
-               config_toml="")
+    save_state(tmp_path, users=state, theta=theta, manifest={"watermark": {"rows": 500, "last_ts": 0}}, config_toml="")
     assert (tmp_path / "state.prev" / "manifest.json").is_file()
+    with pytest.raises(StateError, match="cannot be evaluated"):
+        load_state(tmp_path, view="eval")
     with open(tmp_path / "state" / "U.npy", "r+b") as fh:
         fh.seek(-4, 2)
         fh.write(b"\x00\x01\x02\x03")

@@ -45,7 +45,8 @@ def test_train_writes_state_and_learns(drift_run):
     assert (wd / "state" / "manifest.json").is_file()
     manifest = json.loads((wd / "state" / "manifest.json").read_text())
     assert manifest["watermark"] == {"rows": summary["events"], "last_ts": summary["watermark"]["last_ts"]}
-    assert set(manifest["files"]) >= {"theta.npz", "U.npy", "slots.npy", "count.npy", "last_ts.npy", "roles.npy", "config.toml"}
+    assert set(manifest["files"]) >= {"theta.npz", "U.npy", "slots.npy", "count.npy", "last_ts.npy", "config.toml",
+                                      "eval/U.npy", "eval/slots.npy", "eval/count.npy", "eval/last_ts.npy", "eval/roles.npy"}
     assert summary["epochs_run"] == 4 and summary["protocol"] == "temporal"
     losses = [h["loss"] for h in summary["history"]]
     assert losses[-1] < losses[0]
@@ -59,7 +60,7 @@ def test_dynamic_beats_static_on_drifting_world(drift_run):
     from dyembed.replay.api import fit_static_users, load_trained, replay_ranks
 
     wd, summary, _, (users, items, ts, topic) = drift_run
-    trained = load_trained(wd)
+    trained = load_trained(wd, view="eval")
     roles = trained.split
     test = roles == 2
     assert test.sum() == summary["test_events"] > 0
@@ -75,12 +76,12 @@ def test_dynamic_beats_static_on_drifting_world(drift_run):
     assert recall(dyn.ranks) > recall(stat.ranks) + 0.15
 
 
-def test_state_after_training_is_the_frozen_replay_of_train_and_validation_rows(drift_run):
+def test_eval_snapshot_is_the_frozen_replay_of_train_and_validation_rows(drift_run):
     from dyembed.replay.api import load_trained, replay_ranks
     from dyembed.replay.state import UserState
 
     wd, _, _, (users, items, ts, _) = drift_run
-    trained = load_trained(wd)
+    trained = load_trained(wd, view="eval")
     keep = trained.split != 2
     fresh = UserState.fresh(trained.n_users, 8, 0, u0=trained.prior())
     again = replay_ranks(trained, users[keep], items[keep], ts[keep], update=True, state=fresh)

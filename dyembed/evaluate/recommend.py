@@ -1,7 +1,10 @@
 """`dyembed recommend`: the top-K items for users from the current state.
 
 Scores are the model's own (dyembed.replay.scoring: s_j = (u + c W) · v_j / τ + b_j + β h_j), with
-the user's state after their last replayed event. A user id that the state does not know (not in users.parquet,
+the user's serving state after their last replayed event (the serving state has consumed every
+event up to its watermark, test rows of the training split included; its lineage is checked
+against the work dir first, so a renumbered users.parquet or a rewritten log is refused, never
+served). A user id that the state does not know (not in users.parquet,
 or added after the last `train`) gets the cold-start list: the same scores with u = the learned
 prior u0, plus a note — not an error. `exclude_seen` removes the items of the user's events in
 events.parquet from their list.
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dyembed.artefacts import atomic_path, require_file
-from dyembed.config import Config
+from dyembed.config import Config, check_values
 from dyembed.errors import ConfigError, InputDataError
 from dyembed.evaluate import baselines as bl
 from dyembed.lock import settle_interrupted_writes
@@ -120,6 +123,7 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
 
     workdir = Path(workdir)
     settle_interrupted_writes(workdir)  # a writer killed mid-rename: finish it first
+    check_values(cfg)
     if k < 1:
         raise ConfigError(f"--k must be a positive integer, got {k}")
     fmt = None
@@ -177,8 +181,8 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
     never_updated = np.asarray(trained.state.count) == 0
     idle = sum(1 for _, idx in targets if idx >= 0 and never_updated[idx])
     if idle:
-        notes.append(f"{idle} user(s) have no replayed event yet (events after the last train, or only test "
-                     "events): their list is the cold-start list too")
+        notes.append(f"{idle} user(s) have no replayed event yet (events appended after the last train / update: run "
+                     "`dyembed train --resume`): their list is the cold-start list too")
 
     per_block = bl.block_size(n_items, cfg.evaluate.max_block_mb)
     rows: list[dict[str, Any]] = []

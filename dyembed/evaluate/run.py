@@ -8,8 +8,11 @@ Protocols (roles from dyembed.split; see docs/metrics.md):
 
 All models rank the same test events over the full catalogue with pessimistic ties; the
 "history" of the test period is every non-test row (train + validation), so:
-- the dynamic model (`dyembed`) first replays the history rows its trained state has not consumed
-  yet (with updates, unscored), then the test rows (scored, then updated);
+- the dynamic model (`dyembed`) starts from the state's evaluation snapshot (`state/eval/`: the
+  users at the boundary of the split θ was fitted on; the serving state has also consumed the test
+  rows and is never used here), first replays the history rows the snapshot has not consumed yet
+  (rows of a later cut, or appended since `train`; with updates, unscored), then the test rows
+  (scored, then updated);
 - `frozen` does the same but with the updates switched off during the test rows;
 - `static` is a free vector per user fitted offline on the history rows, never updated;
 - the numpy baselines (pop, recent-pop, random, history-mean) are in baselines.py.
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dyembed.artefacts import require_file
-from dyembed.config import Config, EvaluateConfig
+from dyembed.config import Config, EvaluateConfig, check_values
 from dyembed.errors import ConfigError, InputDataError, StateError
 from dyembed.evaluate import baselines as bl
 from dyembed.evaluate.metrics import RankAccumulator, TopKAccumulator, metric_names, popularity_percentile
@@ -135,11 +138,11 @@ class _Ranked:
 
 
 def _unconsumed_history(trained: Any, log_: bl.EventLog, roles: np.ndarray, protocol: str) -> np.ndarray:
-    """History rows (non-test) that the trained state has not folded in yet, in row order.
+    """History rows (non-test) that the evaluation snapshot has not folded in yet, in row order.
 
-    `train` leaves the state after every train and validation row of *its* split (roles != 2 in
-    state/roles.npy; `train --resume` adds the appended rows as role 0); rows beyond that array
-    were appended after the last train."""
+    The snapshot holds the users after every train and validation row of the split `train` fitted
+    θ on (roles != 2 in state/eval/roles.npy); rows beyond that array were appended after `train`
+    (θ frozen since: `train --resume --update-global` drops the snapshot)."""
     split = np.asarray(trained.split)
     if split.size > len(log_):
         raise StateError(f"the state was trained on {split.size} event rows but events.parquet has {len(log_)}; "
@@ -154,6 +157,16 @@ def _unconsumed_history(trained: Any, log_: bl.EventLog, roles: np.ndarray, prot
                          f"rerun `dyembed train {trained.workdir} --protocol {protocol}` (same test settings) "
                          "before evaluating this protocol")
     return np.flatnonzero((roles != 2) & ~consumed)
+
+
+def _with_fresh_users(trained: Any, n_users: int):
+    """The snapshot with rows for users n_old..n_users-1 at their initial state (as resume adds them)."""
+    from dyembed.replay.state import UserState
+
+    mcfg = trained.config.model
+    fresh = UserState.fresh(n_users, trained.state.dim, trained.spec.n_slots, init=mcfg.user_init, u0=trained.prior(),
+                            init_scale=mcfg.init_scale, history=trained.state.history)
+    return trained.state.grown(n_users, fresh)
 
 
 def _replay(trained: Any, log_: bl.EventLog, rows: np.ndarray, *, update: bool, exclude: Any, topk: int,
@@ -211,6 +224,7 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
     started = time.perf_counter()
     workdir = Path(workdir)
     settle_interrupted_writes(workdir)  # a writer killed mid-rename: finish it first
+    check_values(cfg)
     ev = cfg.evaluate
     baselines = check_config(ev)
     ks = sorted(set(int(k) for k in ev.ks))
@@ -236,7 +250,9 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
     if models is not None:
         names = [n for n in names if n in models]
 
-    trained = api.load_trained(workdir)
+    trained = api.load_trained(workdir, view="eval")  # the snapshot at the split boundary, lineage checked
+    if log_.n_users > trained.n_users:  # users appended since `train` start where new users start
+        trained.state = _with_fresh_users(trained, log_.n_users)
     # build what needs the [n_items, D] item features, then free them (1.5 GB at 1M items × D 384):
     # the replay engine keeps V = X P + E, history-mean and static the numpy V
     if {"dyembed", "frozen", "static"} & set(names):
@@ -245,6 +261,10 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
         trained.item_matrix()
     trained.release_features()
     warmup = _unconsumed_history(trained, log_, roles, ev.protocol)
+    appended = len(log_) - int(np.asarray(trained.split).size)
+    if appended > 0:
+        notes.append(f"{appended:,} event rows were appended after `train` (θ unchanged since): this split's history rows "
+                     "among them were replayed into the evaluation snapshot before the test rows")
     # seen = the user's items before each test event: its history rows and its earlier test events
     exclude = None
     if masked:

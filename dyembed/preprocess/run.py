@@ -39,6 +39,7 @@ from dyembed.config import Config, DataConfig, to_toml
 from dyembed.errors import ConfigError, InputDataError
 from dyembed.lock import WorkdirLock
 from dyembed.preprocess import filters
+from dyembed.preprocess.append_check import check_append
 from dyembed.preprocess.formats import ItemsData, Plan, make_plan
 from dyembed.preprocess.pseudonym import Pseudonymiser, manifest_record, verify_salt
 from dyembed.preprocess.validate import (
@@ -300,6 +301,8 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
         raise ConfigError(f"config key 'data.min_rating' needs a rating column; format {plan.format} has none (set data.rating_col)")
     previous = _load_previous(workdir) if append else None
     if previous is not None:
+        check_append(workdir, previous.manifest, {"format": plan.format, "text_template": plan.template,
+                                                  "language": language})
         # same salt as the first run (or none for both): mixing would split every user in two
         ids_hashed = verify_salt(previous.manifest.get("user_ids"), salt, workdir)
         user_ids_record = previous.manifest["user_ids"] if ids_hashed else {"hashed": False}

@@ -42,8 +42,8 @@ class Trained:
     config: Config
     manifest: dict[str, Any]
     theta: Theta
-    state: UserState
-    split: np.ndarray  # int8 role per event row used in training (0 train, 1 validation, 2 test)
+    state: UserState  # the serving users, or the evaluation snapshot (load_trained's `view`)
+    split: np.ndarray | None  # eval view: int8 role per event row it was split on (0 train, 1 validation, 2 test)
     features: np.ndarray | None  # [n_items, D]; None after release_features()
     _engine: Any = field(default=None, repr=False)
     _V: np.ndarray | None = field(default=None, repr=False)
@@ -109,24 +109,42 @@ class Trained:
         return self._engine
 
 
-def load_trained(workdir: str | Path) -> Trained:
-    """Load θ, the user state and the training config from `WORKDIR/state/` (checksums verified)."""
+def load_trained(workdir: str | Path, view: str = "serving") -> Trained:
+    """Load θ, a user state and the training config from `WORKDIR/state/` (checksums verified),
+    after checking that the work dir still holds what that state consumed (dyembed/lineage.py).
+
+    view="serving" (recommend): the users after every event of the watermark; `split` is None.
+    view="eval" (evaluate): the evaluation snapshot, the users at the split boundary, and
+    `split`, the role of every row it was split on. StateError (exit 4) naming what differs."""
     import tomllib
 
+    from dyembed import lineage
+    from dyembed.errors import StateError
     from dyembed.replay.io import load_features
     from dyembed.replay.runtime import configure_runtime
 
     workdir = Path(workdir)
-    manifest, theta_arrays, users, roles = load_state(workdir)
+    manifest, theta_arrays, users, roles = load_state(workdir, view=view)
     theta = Theta.from_arrays(theta_arrays)
+    directory = state_dir(workdir)
     cfg = Config()
-    apply_mapping(cfg, tomllib.loads((state_dir(workdir) / "config.toml").read_text(encoding="utf-8")), "state/config.toml")
+    apply_mapping(cfg, tomllib.loads((directory / "config.toml").read_text(encoding="utf-8")), "state/config.toml")
     configure_runtime(cfg.runtime)
-    features = load_features(workdir)
     n_items = theta.n_items
+    vectors = lineage.vector_digest(marks=[n_items])
+    features = load_features(workdir, digest=vectors)
+    record = manifest.get("lineage") or {}
+    marks = lineage.marks(record)
+    marks.pop("vector_marks")
+    if view == "eval":
+        marks["user_marks"] += lineage.marks((manifest["eval"].get("lineage") or {}))["user_marks"]
+        sc = lineage.scan(workdir, vectors=vectors, history_roles=roles, **{k: v for k, v in marks.items() if k != "event_marks"})
+        # θ's item side is the serving lineage's; the users and events the snapshot's own
+        lineage.require(workdir, directory, {**record, "events": None, "users": None}, sc)
+        lineage.require_eval(workdir, directory, manifest["eval"].get("lineage") or {}, sc)
+    else:
+        lineage.require(workdir, directory, record, lineage.scan(workdir, vectors=vectors, **marks))
     if features.shape[0] != n_items:
-        from dyembed.errors import StateError
-
         raise StateError(f"item_embeddings.parquet has {features.shape[0]} items but the state was trained with "
                          f"{n_items}; run `dyembed train --resume` to extend it")
     return Trained(workdir=workdir, config=cfg, manifest=manifest, theta=theta, state=users, split=roles, features=features)

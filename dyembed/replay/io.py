@@ -39,17 +39,15 @@ class Events:
 FEATURE_BATCH_ROWS = 16_384  # rows decoded at a time: ~25 MB of float32 at D = 384
 
 
-def load_features(workdir: str | Path) -> np.ndarray:
-    """[n_items, D] float32 item features from item_embeddings.parquet, rows L2-normalised.
+def iter_feature_blocks(workdir: str | Path) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, [k, D] float32 block) of item_embeddings.parquet's stored vectors, in order.
 
-    Streamed: batches of rows are decoded and normalised straight into the result, so the peak is
-    the result plus one batch (reading the whole table first cost ~5x the result at 1M items)."""
+    Streamed: column chunks are read piece by piece (pre_buffer off), so memory is one block."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = require_file(Path(workdir) / EMBEDDINGS_FILE, "item embeddings (run `dyembed encode` first)")
     try:
-        # pre_buffer=False + a read buffer: column chunks are read piece by piece, not whole
         pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
         schema = pf.schema_arrow
         n = pf.metadata.num_rows
@@ -64,7 +62,6 @@ def load_features(workdir: str | Path) -> np.ndarray:
     if n == 0:
         raise InputDataError(f"{path} has no rows")
     dim = kind.list_size
-    features = np.empty((n, dim), np.float32)
     pos = 0
     try:
         for batch in pf.iter_batches(batch_size=FEATURE_BATCH_ROWS, columns=["item_idx", "embedding"], use_threads=False):
@@ -74,9 +71,7 @@ def load_features(workdir: str | Path) -> np.ndarray:
             column = batch.column(1)
             if column.null_count:
                 raise InputDataError(f"{path}: null embedding in rows {pos}..{pos + k - 1}")
-            block = np.asarray(column.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(k, dim)
-            norms = np.linalg.norm(block, axis=1, keepdims=True)
-            np.divide(block, np.where(norms > 0, norms, 1.0), out=features[pos:pos + k])
+            yield pos, np.asarray(column.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(k, dim)
             pos += k
     except InputDataError:
         raise
@@ -84,6 +79,26 @@ def load_features(workdir: str | Path) -> np.ndarray:
         raise InputDataError(f"cannot read {path}: {exc}") from None
     if pos != n:
         raise InputDataError(f"{path}: item_idx must be 0..n_items-1 in order")
+
+
+def load_features(workdir: str | Path, digest=None) -> np.ndarray:
+    """[n_items, D] float32 item features from item_embeddings.parquet, rows L2-normalised.
+
+    Streamed: batches of rows are decoded and normalised straight into the result, so the peak is
+    the result plus one batch (reading the whole table first cost ~5x the result at 1M items).
+    `digest` (a dyembed.lineage.vector_digest()) is fed the stored vectors on the way: the state's
+    lineage check costs no second read."""
+    import pyarrow.parquet as pq
+
+    path = Path(workdir) / EMBEDDINGS_FILE
+    features = None
+    for pos, block in iter_feature_blocks(workdir):
+        if features is None:
+            features = np.empty((pq.ParquetFile(path).metadata.num_rows, block.shape[1]), np.float32)
+        if digest is not None:
+            digest.update(embedding=block)
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        np.divide(block, np.where(norms > 0, norms, 1.0), out=features[pos:pos + len(block)])
     return features
 
 

@@ -1,25 +1,27 @@
 """User state in memory (`UserState`) and the `state/` directory on disk.
 
-On disk (`WORKDIR/state/`, format_version 1; documented in docs/model.md):
+On disk (`WORKDIR/state/`, format_version 2; documented in docs/model.md):
 
     manifest.json   format, version, watermark {rows, last_ts}, counts, θ and user-array shapes,
-                    split info, training summary, sha256 + size of every file below
+                    lineage (what the state consumed: dyembed/lineage.py), the evaluation
+                    snapshot's facts (`eval`), training summary, sha256 + size of every file below
     config.toml     the resolved config the state was trained with
     theta.npz       P [D,d], b [n_items], log_tau [], log_alpha [] or [d], u0 [d],
                     E [n_items,d] (item residual, optional), logq [n_items] (sampled loss, optional)
-    U.npy           user vectors [n_users, d] float32
-    slots.npy       optimiser slots [n_slots, n_users, d] float32 (adagrad: G; adam: m, v)
-    count.npy       updates per user [n_users] int32 (= Adam's per-user step count)
-    last_ts.npy     time of each user's last replayed event [n_users] int64 (0 = none)
-    recent.npy      the user's last H items, a ring buffer [n_users, H] int32 (-1 = empty; only
-                    with model.history > 0; slot k mod H holds the item of the user's k-th event)
-    roles.npy       the split role per event row used in training [rows] int8 (0/1/2)
+    <array>.npy     the serving users after every event row of the watermark, one file per array
+                    of UserState.arrays(): U [n_users, d], slots [n_slots, n_users, d],
+                    count [n_users] int32, last_ts [n_users] int64, recent [n_users, H] int32 (the
+                    user's last H items, a ring buffer, -1 = empty; only with model.history > 0)
+    eval/           the evaluation snapshot (only for a loo / temporal split): the same user arrays
+                    at the split boundary (after each user's train + validation rows), and
+                    roles.npy, the split role of each event row used in training [rows] int8
 
-Writes are atomic: every file goes to `state.tmp-<pid>/` through dyembed.artefacts, then the
-directory is installed by renames only (as dyembed.state_versions.install_state_dir): older versions
-shift down (state.prev → state.prev.2 …, `runtime.keep_states` kept), `state/` becomes
+Writes are atomic (StateWriter): every file goes to `state.tmp-<pid>/` through dyembed.artefacts,
+then the directory is installed by renames only (dyembed.state_versions.install_state_dir): older
+versions shift down (state.prev → state.prev.2 …, `runtime.keep_states` kept), `state/` becomes
 `state.prev/`, the new directory `state/`. A crash leaves either the old state or the new one in
 `state/`; if it struck between the last two renames, `load_state` falls back to `state.prev/`.
+Nothing with a NaN or an infinity is ever written, nor loaded (StateError, exit 4).
 """
 
 from __future__ import annotations
@@ -36,17 +38,19 @@ from typing import Any
 import numpy as np
 
 from dyembed import __version__
-from dyembed.artefacts import atomic_path, file_record, read_json, sha256_file, write_json, write_text
+from dyembed.artefacts import atomic_path, file_record, sha256_file, write_json, write_text
 from dyembed.errors import StateError
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dyembed-state"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STATE_DIR = "state"
 PREV_DIR = "state.prev"
-USER_FILES = ("U", "slots", "count", "last_ts")
-OPTIONAL_USER_FILES = ("recent",)  # saved when present
+EVAL_DIR = "eval"  # the evaluation snapshot, inside a state directory
+ROLES_FILE = "roles.npy"
+USER_FILES = ("U", "slots", "count", "last_ts")  # every state has them
+OPTIONAL_USER_FILES = ("recent",)  # saved when present (UserState.arrays())
 
 
 @dataclass
@@ -153,73 +157,138 @@ def npy_chunks(path: Path, rows: int = 16_384) -> StreamedArray:
     return StreamedArray(shape, dtype, gen)
 
 
+def _nonfinite(values: np.ndarray) -> int:
+    return 0 if not np.issubdtype(values.dtype, np.floating) else int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def nonfinite_error(what: str, count: int) -> StateError:
+    return StateError(f"refusing to write a state with non-finite numbers: {what} has {count:,} NaN/inf values (the "
+                      "replay diverged: lower model.step_size or train.lr, or check the events' weights); the previous "
+                      "state is kept")
+
+
 def _save_npy(path: Path, array: Any) -> None:
+    """Write one array (in chunks for a StreamedArray); StateError on any NaN/inf, before the rename."""
+    bad = 0
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             if isinstance(array, StreamedArray):
                 np.lib.format.write_array_header_1_0(
                     fh, {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False, "shape": array.shape})
                 for chunk in array.chunks():
-                    fh.write(np.ascontiguousarray(chunk, array.dtype).tobytes())
+                    chunk = np.ascontiguousarray(chunk, array.dtype)
+                    bad += _nonfinite(chunk)
+                    fh.write(chunk.tobytes())
             else:
-                np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+                array = np.ascontiguousarray(array)
+                bad = _nonfinite(array)
+                np.save(fh, array, allow_pickle=False)
+        if bad:
+            raise nonfinite_error(path.name, bad)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    for name, values in arrays.items():
+        if _nonfinite(values):
+            raise nonfinite_error(f"{path.name} ({name})", _nonfinite(values))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
 
-def save_state(workdir: str | Path, *, users: UserState, theta: dict[str, np.ndarray], roles: np.ndarray,
-               manifest: dict[str, Any], config_toml: str, keep: int = 1) -> Path:
-    """Write `WORKDIR/state/` atomically, keeping `keep` previous versions (state.prev, state.prev.2, …).
+class StateWriter:
+    """A new state version, built file by file in `state.tmp-<pid>/`, installed by `commit()`.
 
-    The manifest gets `version`: 1 + the highest version of any state directory present, so
-    versions only grow, even across `dyembed state rollback` (dyembed/state_versions.py)."""
-    from dyembed.state_versions import next_version
+        with StateWriter(workdir, keep=2) as w:
+            w.users(snapshot, EVAL_DIR)       # e.g. the evaluation snapshot, before replaying on
+            w.array(f"{EVAL_DIR}/{ROLES_FILE}", roles)
+            w.users(serving)
+            w.commit(theta=…, manifest=…, config_toml=…)
 
-    workdir = Path(workdir)
-    for stale in workdir.glob("state.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = workdir / f"state.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True)
-    try:
-        _save_npz(tmp / "theta.npz", {k: np.asarray(v) for k, v in theta.items()})
-        user_arrays = users.arrays()
-        for name, array in user_arrays.items():
-            _save_npy(tmp / f"{name}.npy", array)
-        _save_npy(tmp / "roles.npy", np.asarray(roles, np.int8))
-        write_text(tmp / "config.toml", config_toml)
+    On any error (also a NaN/inf found while writing) the temp directory is removed and the
+    current state stays as it was. The manifest gets `version`: 1 + the highest version of any
+    state directory present, so versions only grow, even across `dyembed state rollback`."""
+
+    def __init__(self, workdir: str | Path, *, keep: int = 1):
+        self.workdir, self.keep = Path(workdir), keep
+        self.tmp = self.workdir / f"state.tmp-{os.getpid()}"
+        self.records: dict[str, dict[str, Any]] = {}  # files taken over from another version
+
+    def __enter__(self) -> "StateWriter":
+        for stale in self.workdir.glob("state.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def array(self, name: str, values: Any) -> None:
+        _save_npy(self.tmp / name, values)
+
+    def users(self, users: UserState, sub: str = "") -> dict[str, Any]:
+        """Every user array as `<sub>/<name>.npy`; returns their shapes and dtypes for the manifest."""
+        arrays = users.arrays()
+        for name, values in arrays.items():
+            self.array(f"{sub}/{name}.npy" if sub else f"{name}.npy", values)
+        return {"user_shapes": {name: list(v.shape) for name, v in arrays.items()},
+                "user_dtypes": {name: np.dtype(v.dtype).name for name, v in arrays.items()}}
+
+    def link(self, source: Path, names: dict[str, dict[str, Any]]) -> None:
+        """Take files of an installed version over unchanged (hard links; a copy where links fail),
+        after checking them against their manifest records."""
+        for name, record in names.items():
+            src, dst = source / name, self.tmp / name
+            if not src.is_file() or src.stat().st_size != record["bytes"] or sha256_file(src) != record["sha256"]:
+                raise StateError(f"state file {src} does not match its checksum in manifest.json (corrupt or edited)")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+            self.records[name] = {"bytes": record["bytes"], "sha256": record["sha256"]}
+
+    def commit(self, *, theta: dict[str, np.ndarray], manifest: dict[str, Any], config_toml: str) -> Path:
+        from dyembed.state_versions import install_state_dir, next_version
+
+        theta = {k: np.asarray(v) for k, v in theta.items()}
+        _save_npz(self.tmp / "theta.npz", theta)
+        write_text(self.tmp / "config.toml", config_toml)
         files = {}
-        for path in sorted(tmp.iterdir()):
-            record = file_record(path)
-            files[path.name] = {"bytes": record["bytes"], "sha256": record["sha256"]}
+        for path in sorted(p for p in self.tmp.rglob("*") if p.is_file()):
+            name = path.relative_to(self.tmp).as_posix()
+            if name in self.records:
+                files[name] = self.records[name]
+            else:
+                record = file_record(path)
+                files[name] = {"bytes": record["bytes"], "sha256": record["sha256"]}
         full = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "dyembed_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "version": next_version(workdir),
+            "version": next_version(self.workdir),
             **manifest,
             "theta_shapes": {k: list(np.shape(v)) for k, v in theta.items()},
-            "user_shapes": {name: list(a.shape) for name, a in user_arrays.items()},
-            "user_dtypes": {name: np.dtype(a.dtype).name for name, a in user_arrays.items()},
             "files": files,
         }
-        write_json(tmp / "manifest.json", full)
-        _install(workdir, tmp, keep)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return workdir / STATE_DIR
+        write_json(self.tmp / "manifest.json", full)
+        install_state_dir(self.workdir, self.tmp, keep=self.keep)
+        return self.workdir / STATE_DIR
 
 
-def _install(workdir: Path, tmp: Path, keep: int) -> None:
-    """Renames only (each atomic): see dyembed.state_versions.install_state_dir."""
-    from dyembed.state_versions import install_state_dir
-
-    install_state_dir(workdir, tmp, keep=keep)
+def save_state(workdir: str | Path, *, users: UserState, theta: dict[str, np.ndarray], manifest: dict[str, Any],
+               config_toml: str, keep: int = 1, snapshot: tuple[UserState, np.ndarray] | None = None) -> Path:
+    """Write `WORKDIR/state/` atomically in one go: the serving users, θ and, when given, the
+    evaluation snapshot (users at the split boundary, roles per row) in `eval/`."""
+    with StateWriter(workdir, keep=keep) as writer:
+        if snapshot is not None:
+            snap_users, roles = snapshot
+            shapes = writer.users(snap_users, EVAL_DIR)
+            writer.array(f"{EVAL_DIR}/{ROLES_FILE}", np.asarray(roles, np.int8))
+            manifest = {**manifest, "eval": {**(manifest.get("eval") or {}), **shapes}}
+        return writer.commit(theta=theta, manifest={**manifest, **writer.users(users)}, config_toml=config_toml)
 
 
 def state_dir(workdir: str | Path) -> Path:
@@ -234,42 +303,101 @@ def state_dir(workdir: str | Path) -> Path:
     raise StateError(f"no trained state in {current} (run `dyembed train {workdir}` first)")
 
 
+def check_format(directory: Path, manifest: dict[str, Any], workdir: str | Path) -> None:
+    version = manifest.get("format_version")
+    if version == FORMAT_VERSION:
+        return
+    if version == 1:
+        raise StateError(f"{directory} was written by an older dyembed (state format 1: no lineage record, and under "
+                         f"loo/temporal it left the test rows out of the serving state): run `dyembed train {workdir}` again")
+    raise StateError(f"{directory / 'manifest.json'} is not a dyembed state of format version {FORMAT_VERSION}")
+
+
 def read_manifest(workdir: str | Path) -> dict[str, Any]:
     from dyembed.state_versions import read_state_manifest
 
     directory = state_dir(workdir)
     manifest = read_state_manifest(directory)  # corrupt / wrong-shaped JSON → StateError naming the file
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise StateError(f"{directory / 'manifest.json'} is not a dyembed state of format version {FORMAT_VERSION}")
+    check_format(directory, manifest, workdir)
     return manifest
 
 
-def load_state(workdir: str | Path, *, verify: bool = True, streamed: bool = False
-               ) -> tuple[dict[str, Any], dict[str, np.ndarray], UserState, np.ndarray]:
+def no_snapshot_error(workdir: str | Path, manifest: dict[str, Any]) -> StateError:
+    """Why a state has no evaluation snapshot, and what to run."""
+    split = manifest.get("split") or {}
+    dropped = (manifest.get("eval_dropped") or "")
+    if dropped:
+        why = dropped
+    elif split.get("protocol") == "none":
+        why = "it was trained with --protocol none (every event is a training event: there is no test split)"
+    else:
+        why = "it has none"
+    return StateError(f"{state_dir(workdir)} cannot be evaluated: {why}; run `dyembed train {workdir} --protocol loo` "
+                      "(or --protocol temporal) to fit θ on a split and keep the evaluation snapshot")
+
+
+def _finite_chunks(array: StreamedArray, path: Path) -> StreamedArray:
+    def gen() -> Iterator[np.ndarray]:
+        for chunk in array.chunks():
+            if _nonfinite(chunk):
+                raise _nonfinite_state(path)
+            yield chunk
+
+    return StreamedArray(array.shape, array.dtype, gen)
+
+
+def _nonfinite_state(path: Path) -> StateError:
+    return StateError(f"state file {path} holds non-finite numbers (NaN/inf): the state is unusable; roll back "
+                      "(`dyembed state rollback`) or train again")
+
+
+def load_state(workdir: str | Path, *, verify: bool = True, streamed: bool = False, view: str = "serving"
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray], UserState, np.ndarray | None]:
     """(manifest, θ arrays, user state, roles) from `WORKDIR/state/`; checksums verified.
 
+    view="serving": the users after every event of the watermark (recommend, update, resume);
+    roles is None. view="eval": the evaluation snapshot (users at the split boundary) and the
+    role of each row it was split on; StateError when the state has no snapshot (protocol none).
     streamed=True: the user arrays are StreamedArray readers (the engine fills its table from
-    them chunk by chunk) instead of in-memory arrays."""
+    them chunk by chunk) instead of in-memory arrays. Any NaN/inf is a StateError."""
+    if view not in ("serving", "eval"):
+        raise ValueError(view)
     directory = state_dir(workdir)
     manifest = read_manifest(workdir)
+    sub = ""
+    if view == "eval":
+        if not isinstance(manifest.get("eval"), dict):
+            raise no_snapshot_error(workdir, manifest)
+        sub = EVAL_DIR + "/"
     for name, record in manifest.get("files", {}).items():
+        if name.startswith(EVAL_DIR + "/") != bool(sub) and name not in ("theta.npz", "config.toml"):
+            continue  # the other view's arrays are not read
         path = directory / name
         if not path.is_file():
             raise StateError(f"state file missing: {path}")
         if path.stat().st_size != record["bytes"] or (verify and sha256_file(path) != record["sha256"]):
             raise StateError(f"state file {path} does not match its checksum in manifest.json (corrupt or edited)")
+    shapes = (manifest["eval"] if sub else manifest).get("user_shapes") or {}
+    arrays: dict[str, Any] = {}
     try:
         with np.load(directory / "theta.npz", allow_pickle=False) as npz:
             theta = {k: npz[k] for k in npz.files}
-        names = list(USER_FILES) + [n for n in OPTIONAL_USER_FILES if f"{n}.npy" in manifest.get("files", {})]
-        if streamed:
-            arrays = {name: npy_chunks(directory / f"{name}.npy") for name in names}
-        else:
-            arrays = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in names}
-        roles = np.load(directory / "roles.npy", allow_pickle=False)
+        names = list(USER_FILES) + [n for n in OPTIONAL_USER_FILES if f"{sub}{n}.npy" in manifest.get("files", {})]
+        for name in names:
+            path = directory / f"{sub}{name}.npy"
+            if streamed:
+                arrays[name] = _finite_chunks(npy_chunks(path), path)
+            else:
+                arrays[name] = np.load(path, allow_pickle=False)
+                if _nonfinite(arrays[name]):
+                    raise _nonfinite_state(path)
+        roles = np.load(directory / EVAL_DIR / ROLES_FILE, allow_pickle=False) if sub else None
     except (OSError, ValueError) as exc:
         raise StateError(f"cannot read the state in {directory}: {exc}") from None
+    if any(_nonfinite(v) for v in theta.values()):
+        raise _nonfinite_state(directory / "theta.npz")
     users = UserState(**arrays)
-    if len(users.U.shape) != 2 or len(users.slots.shape) != 3 or tuple(users.slots.shape[1:]) != tuple(users.U.shape):
-        raise StateError(f"state arrays in {directory} have inconsistent shapes")
+    if any(list(arrays[name].shape) != shapes.get(name, list(arrays[name].shape)) for name in arrays) or \
+            len(users.U.shape) != 2 or len(users.slots.shape) != 3 or tuple(users.slots.shape[1:]) != tuple(users.U.shape):
+        raise StateError(f"state arrays in {directory / sub} have inconsistent shapes")
     return manifest, theta, users, roles

@@ -9,10 +9,21 @@ step should move a user (step size α, prior u0, projection P, residual E, bias 
 
 After each epoch, a frozen-θ replay of the train + validation rows ranks the validation events
 (NDCG@val_k, seen items masked as evaluate would); the best epoch's θ and the state that replay
-ends with are kept (early stopping with `train.patience`). `state/` then holds the users after
-every train and validation row, ready for `dyembed evaluate` to replay the test rows.
+ends with are kept (early stopping with `train.patience`). A run whose loss turns NaN/inf stops
+with DivergedError and saves nothing.
 
-`resume=True` replays only rows appended since the watermark (θ frozen unless `update_global`).
+What is saved (one state version, installed atomically):
+- `state/eval/`: the evaluation snapshot — the users at the split boundary (after each user's
+  train + validation rows, replayed with the kept θ) and the role of every row; `dyembed
+  evaluate` replays the test rows from there, so it never sees a test answer before scoring it;
+- `state/`: the serving state — the same users carried on through the test rows (θ frozen), so
+  it has consumed every row of the log. Each user's test rows come after its other rows under
+  both protocols, so this equals one replay of the whole log.
+- the lineage of both (dyembed/lineage.py): what they consumed, checked by every later reader.
+
+`resume=True` replays only rows appended since the watermark (θ frozen unless `update_global`),
+after checking that the work dir still holds what the state consumed; the evaluation snapshot is
+carried over unchanged (dropped with `update_global`: θ then learns from rows a later split tests).
 """
 
 from __future__ import annotations
@@ -26,14 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from dyembed.config import Config, to_toml
-from dyembed.errors import ConfigError, InputDataError, StateError
+from dyembed import lineage
+from dyembed.config import Config, check_values, to_toml
+from dyembed.errors import ConfigError, DivergedError, InputDataError
 from dyembed.lock import WorkdirLock
 from dyembed.masking import decide as decide_masking
 from dyembed.replay.io import Events, check_events, events_rows, iter_events, load_features, n_users_of, read_events
 from dyembed.replay.seen import seen_before_events
 from dyembed.replay.spec import RuleSpec
-from dyembed.replay.state import UserState, load_state, save_state
+from dyembed.replay.state import EVAL_DIR, ROLES_FILE, StateWriter, UserState, load_state, state_dir
 from dyembed.replay.theta import Theta
 from dyembed.split import TEST, TRAIN, VALIDATION, loo_split, loo_skipped_users, temporal_split
 
@@ -72,17 +84,7 @@ def ndcg_at(ranks: np.ndarray, k: int) -> float:
 
 
 def _check_train_config(cfg: Config) -> None:
-    t = cfg.train
-    for key in ("epochs", "patience"):
-        if getattr(t, key) < 0:
-            raise ConfigError(f"config key 'train.{key}' must be >= 0")
-    for key in ("batch_size", "window", "truncation", "val_k"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"config key 'train.{key}' must be at least 1")
-    if t.lr < 0:
-        raise ConfigError("config key 'train.lr' must be >= 0")
-    if cfg.model.loss == "sampled" and cfg.model.num_negatives < 1:
-        raise ConfigError("config key 'model.num_negatives' must be at least 1")
+    check_values(cfg)  # ranges and finiteness of every numeric key (dyembed.config.CONSTRAINTS)
 
 
 class _Scalars:
@@ -206,7 +208,8 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
     started = time.perf_counter()
     tcfg, mcfg = cfg.train, cfg.model
     spec = RuleSpec.from_config(mcfg)
-    features = load_features(workdir)
+    vectors = lineage.vector_digest()
+    features = load_features(workdir, digest=vectors)
     n_items = features.shape[0]
     source = _EventSource(workdir, tcfg.window)
 
@@ -259,8 +262,10 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
     scalars = _Scalars(tcfg.tensorboard)
     use_w = mcfg.use_weights
 
+    role_counts = np.bincount(roles, minlength=3)
+
     def replay_pass(phase: str, epoch: int, keep: tuple[int, ...], *, train_mode: bool, ranks: bool):
-        total = n_train if keep == (TRAIN,) else n_train + n_val
+        total = int(role_counts[list(keep)].sum())
         loss, wsum, done = 0.0, 0.0, 0
         val_ranks = []
         for ev in source:
@@ -298,6 +303,10 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
         reset()
         train_loss, _ = replay_pass("train", epoch, (TRAIN,), train_mode=tcfg.lr > 0, ranks=False)
         train_seconds += time.perf_counter() - t0
+        if not np.isfinite(train_loss):
+            scalars.close()
+            raise DivergedError(f"training diverged in epoch {epoch} (train loss {train_loss}): nothing was saved, the "
+                                "previous state is kept; lower train.lr or model.step_size (or check the events' weights)")
         record: dict[str, Any] = {"epoch": epoch, "loss": round(train_loss, 5),
                                   "alpha": float(np.mean(model.alpha())), "tau": model.temperature}
         if n_val:
@@ -317,22 +326,22 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
         log.debug("epoch %d: %s", epoch, record)
         if progress:
             progress({"phase": "epoch", **record, "val": record.get(f"val_ndcg@{tcfg.val_k}")})
-        if not np.isfinite(train_loss):
-            stopped = "diverged"
-            break
         if n_val and tcfg.patience and bad_epochs >= tcfg.patience:
             stopped = "early_stopping"
             break
 
-    # the state to keep: users after every train + validation row, replayed with the kept θ. The
-    # last validation replay already is that when the best epoch is the last one.
+    # the users after every train + validation row, replayed with the kept θ (the split boundary).
+    # The last validation replay already is that when the best epoch is the last one.
     if best["theta"] is not None:
         model.assign(best["theta"])
     if best["theta"] is None or best["epoch"] != len(history):
         reset()
         replay_pass("final", len(history), (TRAIN, VALIDATION), train_mode=False, ranks=False)
-    state = engine.streamed_state()
     scalars.close()
+    snapshot = settings["protocol"] != "none"
+    n_test = int(role_counts[TEST])
+    sc = lineage.scan(workdir, history_roles=roles if snapshot else None, user_marks=[n_users], item_marks=[n_items],
+                      vectors=vectors)
 
     summary = {
         "workdir": str(workdir),
@@ -358,13 +367,25 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
         "temperature": model.temperature,
         "train_seconds": round(train_seconds, 3),
         "train_events_per_second": round(n_train * len(history) / max(train_seconds, 1e-9), 1),
+        "serving_events": n_rows,  # the serving state consumed every row; evaluate starts from the snapshot
+        "eval_snapshot": snapshot,
     }
     watermark = {"rows": n_rows, "last_ts": last_ts}
-    save_state(workdir, users=state, theta=model.to_theta().arrays(), roles=roles,
-               manifest={"watermark": watermark, "n_users": state.n_users, "n_items": n_items, "dim": mcfg.dim,
-                         "feature_dim": feature_dim, "rule": mcfg.rule, "loss": mcfg.loss,
-                         "user_init": mcfg.user_init, "split": settings, "train": summary},
-               config_toml=to_toml(cfg), keep=cfg.runtime.keep_states)
+    manifest = {"watermark": watermark, "n_users": n_users, "n_items": n_items, "dim": mcfg.dim,
+                "feature_dim": feature_dim, "rule": mcfg.rule, "loss": mcfg.loss, "user_init": mcfg.user_init,
+                "split": settings, "train": summary,
+                "lineage": lineage.record(sc, rows=n_rows, n_users=n_users, n_items=n_items), "eval": None}
+    with StateWriter(workdir, keep=cfg.runtime.keep_states) as writer:
+        if snapshot:
+            # the evaluation snapshot first, then the same users carried on through the test rows
+            shapes = writer.users(engine.streamed_state(), EVAL_DIR)
+            writer.array(f"{EVAL_DIR}/{ROLES_FILE}", roles)
+            manifest["eval"] = {"protocol": settings["protocol"], "rows": n_rows, "n_users": n_users,
+                                "test_events": n_test, "lineage": lineage.eval_record(sc, n_users=n_users), **shapes}
+            if n_test:
+                replay_pass("serve", len(history), (TEST,), train_mode=False, ranks=False)
+        manifest.update(writer.users(engine.streamed_state()))
+        writer.commit(theta=model.to_theta().arrays(), manifest=manifest, config_toml=to_toml(cfg))
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["state_dir"] = str(workdir / "state")
     summary["watermark"] = watermark
@@ -388,24 +409,30 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
 
     from dyembed.config import apply_mapping
     from dyembed.replay.model import Model
-    from dyembed.replay.state import state_dir
 
     started = time.perf_counter()
-    manifest, theta, users, roles = load_state(workdir, streamed=True)
+    manifest, theta, users, _ = load_state(workdir, streamed=True)
+    directory = state_dir(workdir)
     saved = Config()
-    apply_mapping(saved, tomllib.loads((state_dir(workdir) / "config.toml").read_text(encoding="utf-8")), "state/config.toml")
+    apply_mapping(saved, tomllib.loads((directory / "config.toml").read_text(encoding="utf-8")), "state/config.toml")
     if saved.model != cfg.model:
         log.warning("[model] differs from the state's; --resume keeps the state's model settings")
     cfg.model = saved.model
     mcfg = cfg.model
     spec = RuleSpec.from_config(mcfg)
     watermark = manifest["watermark"]
-    n_rows = events_rows(workdir)
-    if n_rows < watermark["rows"]:
-        raise StateError(f"events.parquet has {n_rows} rows but the state already replayed {watermark['rows']}: "
-                         "the log was rewritten, not appended; train again without --resume")
-    features = load_features(workdir)
-    theta = _extend_theta(Theta.from_arrays(theta), features)
+    # the work dir must still hold what the state consumed (one streaming pass, which also digests
+    # the whole log for the new version's lineage); re-encoded texts of known items are taken in
+    theta = Theta.from_arrays(theta)
+    n_known_items = theta.n_items
+    vectors = lineage.vector_digest(marks=[n_known_items])
+    features = load_features(workdir, digest=vectors)
+    marks = lineage.marks(manifest.get("lineage") or {})
+    marks["item_marks"] = marks["item_marks"] + [int(features.shape[0])]
+    sc = lineage.scan(workdir, vectors=vectors, **{k: v for k, v in marks.items() if k != "vector_marks"})
+    lineage.require(workdir, directory, manifest.get("lineage"), sc, allow_reencoded=True)
+    n_rows = sc.events.rows
+    theta = _extend_theta(theta, features)
     new = read_events(workdir, start_row=watermark["rows"])
     check_events(new, features.shape[0], "events.parquet (new rows)")
     if len(new) and new.ts[0] < watermark["last_ts"]:
@@ -429,8 +456,6 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
         loss = res.loss_sum / max(res.weight_sum, 1e-12)
         if with_ranks:
             window = (res.ranks, new.user_idx)
-    state = engine.streamed_state()
-    new_roles = np.concatenate([roles, np.zeros(n_rows - len(roles), np.int8)]) if n_rows > len(roles) else roles
     new_mark = {"rows": n_rows, "last_ts": int(new.ts[-1]) if len(new) else watermark["last_ts"]}
     seconds = time.perf_counter() - started
     summary = {
@@ -438,7 +463,7 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
         "resumed": True,
         "update_global": update_global,
         "new_events": len(new),
-        "users": state.n_users,
+        "users": n_users,
         "items": n_items,
         "loss": None if not math.isfinite(loss) else round(loss, 5),
         "events_per_second": round(len(new) / max(seconds, 1e-9), 1),
@@ -448,11 +473,22 @@ def _resume(workdir: Path, cfg: Config, *, update_global: bool, progress: Progre
     train_info = dict(manifest.get("train", {}))
     train_info["resumes"] = train_info.get("resumes", []) + [
         {k: summary[k] for k in ("new_events", "update_global", "loss", "watermark")}]
-    save_state(workdir, users=state, theta=model.to_theta().arrays(), roles=new_roles,
-               manifest={"watermark": new_mark, "n_users": state.n_users, "n_items": n_items,
-                         "dim": mcfg.dim, "feature_dim": feature_dim, "rule": mcfg.rule, "loss": mcfg.loss,
-                         "user_init": mcfg.user_init, "split": manifest.get("split"), "train": train_info},
-               config_toml=to_toml(cfg), keep=cfg.runtime.keep_states)
+    out = {"watermark": new_mark, "n_users": n_users, "n_items": n_items, "dim": mcfg.dim, "feature_dim": feature_dim,
+           "rule": mcfg.rule, "loss": mcfg.loss, "user_init": mcfg.user_init, "split": manifest.get("split"),
+           "train": train_info, "lineage": lineage.record(sc, rows=n_rows, n_users=n_users, n_items=n_items),
+           "eval": manifest.get("eval"), "eval_dropped": manifest.get("eval_dropped")}
+    with StateWriter(workdir, keep=cfg.runtime.keep_states) as writer:
+        if out["eval"] is not None and update_global and len(new):
+            # θ learns from the appended rows: a split of the longer log could test on them
+            out["eval"] = None
+            out["eval_dropped"] = ("θ was updated on appended rows by `train --resume --update-global` after the "
+                                   "evaluation snapshot was taken")
+        elif out["eval"] is not None:  # θ frozen: the snapshot stays valid, carried over unchanged
+            writer.link(directory, {name: rec for name, rec in manifest["files"].items()
+                                    if name.startswith(EVAL_DIR + "/")})
+        out.update(writer.users(engine.streamed_state()))
+        writer.commit(theta=model.to_theta().arrays(), manifest=out, config_toml=to_toml(cfg))
+    summary["eval_snapshot"] = "kept" if out["eval"] is not None else ("dropped" if out["eval_dropped"] else None)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["state_dir"] = str(workdir / "state")
     return summary, window
