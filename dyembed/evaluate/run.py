@@ -190,7 +190,10 @@ def _rank_static(trained, log_, history_rows, test_rows, ev, *, exclude, topk, p
                                    epochs=ev.static_epochs, l2=ev.static_l2, seed=ev.seed)
     base = trained.state
     # a state holding the fitted vectors; with update=False the replay only scores with them
-    state = UserState(U=np.asarray(vectors, np.float32), slots=base.slots, count=base.count, last_ts=base.last_ts)
+    # no recent items: the context and repeat terms stay silent, the score is the one fitted vector's
+    recent = None if base.recent is None else np.full(np.shape(base.recent), -1, np.int32)
+    state = UserState(U=np.asarray(vectors, np.float32), slots=base.slots, count=base.count, last_ts=base.last_ts,
+                      recent=recent)
     out = _replay(trained, log_, test_rows, update=False, exclude=exclude, topk=topk, state=state, progress=progress)
     return out.ranks, out.topk_items
 
