@@ -1,7 +1,8 @@
 """ALS and BPR from the `implicit` package (pip install -e '.[peers]').
 
-ALS (Hu, Koren & Volinsky 2008; implicit.als.AlternatingLeastSquares): confidence 1 + α·count on
-the user × item count matrix of the fit rows. At every ranked event the user is folded in from the
+ALS (Hu, Koren & Volinsky 2008; implicit.als.AlternatingLeastSquares) on the user × item count
+matrix of the fit rows: preference 1 and confidence α·count on observed pairs, preference 0 and
+confidence 1 elsewhere (implicit ≥ 0.7's convention; tests/test_peers.py checks it in float64). At every ranked event the user is folded in from the
 history up to that event (`recalculate_user`: the exact least-squares user factor for the fixed
 item factors, the ALS half-step), so a temporal test event sees the user's earlier events,
 including earlier test events; a user with no history gets the zero vector (all scores 0, a
@@ -129,7 +130,7 @@ class _ImplicitPeer:
 
 class AlsPeer(_ImplicitPeer):
     name = "als"
-    description = "implicit ALS (Hu et al. 2008), confidence 1 + α·count; user folded in at every event"
+    description = "implicit ALS (Hu et al. 2008), confidence α·count; user folded in at every event"
     test_model = "refit on train + validation rows with the chosen setting"
     spec = ALS_GRID
 
