@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.peers.harness import Final, Trial, World, validate_by_ranking
 
-LAMBDAS = [1.0, 5.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0]
+LAMBDAS = [1.0, 5.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 50000.0]
 
 
 def gram(n_items: int, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:

@@ -186,9 +186,24 @@ class _Recorded:
 
 
 def rank(world: World, stage: Stage, scorer: bl.Scorer, exclude: bl.Seen | None) -> np.ndarray:
-    """Ranks of the stage's target rows, by dyembed's rank_rows (the same code as `evaluate`)."""
-    ranks, _ = bl.rank_rows(scorer, world.log, stage.target_rows, exclude=exclude, max_block_mb=world.ev.max_block_mb)
-    return np.asarray(ranks, dtype=np.int64)
+    """Ranks of the stage's target rows (in row order), by dyembed's rank_rows (the code of `evaluate`).
+
+    Every peer's scorer is stateless: a row's scores depend on its own history (`UserHistories`),
+    never on which rows were scored before, so the order rank_rows visits the rows in changes no
+    rank. They are visited round-robin over users (every user's 1st ranked row, then every 2nd, …):
+    rank_rows cuts blocks where a user repeats, and in row order a temporal test period (sessions
+    of one user) would fall into blocks of one event."""
+    rows = stage.target_rows
+    users = world.log.user_idx[rows].astype(np.int64)
+    order = np.argsort(users, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(users[order])) + 1]
+    occurrence = np.empty(rows.size, dtype=np.int64)
+    occurrence[order] = np.arange(rows.size) - np.repeat(starts, np.diff(np.r_[starts, rows.size]))
+    visit = np.lexsort((rows, occurrence))
+    ranks, _ = bl.rank_rows(scorer, world.log, rows[visit], exclude=exclude, max_block_mb=world.ev.max_block_mb)
+    out = np.empty(rows.size, dtype=np.int64)
+    out[visit] = ranks
+    return out
 
 
 def rank_each(world: World, stage: Stage, make_scorer: Callable[[], bl.Scorer],

@@ -28,10 +28,10 @@ import numpy as np
 
 from bench.peers.harness import Final, Trial, World, validate_by_ranking
 
-ALS_GRID = {"factors": [16, 32, 64, 128], "regularization": [0.1, 1.0, 10.0], "alpha": [1.0, 10.0, 40.0],
+ALS_GRID = {"factors": [32, 64, 128, 256], "regularization": [0.1, 1.0, 10.0, 100.0], "alpha": [1.0, 10.0, 40.0],
             "iterations": [15]}
 BPR_GRID = {"factors": [64, 128], "learning_rate": [0.01, 0.05], "regularization": [0.001, 0.01],
-            "iterations": [50, 100, 300]}
+            "iterations": [25, 50, 100, 300]}
 
 
 def _product(spec: dict[str, list]) -> list[dict[str, Any]]:
