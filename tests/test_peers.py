@@ -263,14 +263,19 @@ def test_run_cli_writes_one_json_per_masking_and_rejects_bad_flags(tmp_path):
     workdir = random_log(tmp_path / "wd", seed=6, n=500)
     out = tmp_path / "out-{mask}.json"
     cmd = [sys.executable, str(REPO / "bench/peers/run.py"), "--workdir", str(workdir), "--protocol", "loo",
-           "--peers", "pop,ease", "--mask-seen", "auto,off", "--out", str(out), "--bootstrap", "20"]
+           "--peers", "pop,ease", "--mask-seen", "auto,off", "--out", str(out), "--bootstrap", "20",
+           "--grid", "ease:lambda=2,30"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     for m in ("auto", "off"):
         report = json.loads((tmp_path / f"out-{m}.json").read_text())
         assert set(report["peers"]) == {"pop", "ease"} and report["evaluate"]["mask_seen"] == m
-        assert report["peers"]["ease"]["grid"]["lambda"][0] == 1.0
+        assert report["peers"]["ease"]["grid"]["lambda"] == [2, 30]
+        assert [v["setting"] for v in report["peers"]["ease"]["validation"]] == [{"lambda": 2}, {"lambda": 30}]
         assert "ndcg@10" in report["peers"]["ease"]["test"]["ci95_per_event"]
     assert "ease" in done.stdout
-    bad = subprocess.run(cmd[:-4] + ["--mask-seen", "maybe", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    base = cmd[:cmd.index("--mask-seen")]
+    bad = subprocess.run(base + ["--mask-seen", "maybe", "--out", str(out)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--mask-seen must be among auto, on, off" in bad.stderr
+    bad = subprocess.run(base + ["--out", str(out), "--grid", "ease:lambda=x"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "values of 'lambda' must be numbers" in bad.stderr

@@ -38,20 +38,21 @@ SHOWN = ["ndcg@10", "recall@10", "ndcg@20", "recall@20", "mrr"]
 
 
 def make_peer(name: str, seed: int, args):
+    grid = args.grids.get(name, {})
     if name == "pop":
         return PopPeer()
     if name == "ease":
         from bench.peers.ease import EasePeer
 
-        return EasePeer()
+        return EasePeer(grid.get("lambda"))
     if name == "als":
-        from bench.peers.implicit_peers import AlsPeer
+        from bench.peers.implicit_peers import ALS_GRID, AlsPeer
 
-        return AlsPeer(seed=seed)
+        return AlsPeer({**ALS_GRID, **grid}, seed=seed)
     if name == "bpr":
-        from bench.peers.implicit_peers import BprPeer
+        from bench.peers.implicit_peers import BPR_GRID, BprPeer
 
-        return BprPeer(seed=seed)
+        return BprPeer({**BPR_GRID, **grid}, seed=seed)
     if name == "sasrec":
         from bench.peers.sasrec import SasrecPeer
 
@@ -62,6 +63,28 @@ def make_peer(name: str, seed: int, args):
 
 def floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
+
+
+def number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def parse_grid(text: str) -> tuple[str, dict[str, list]]:
+    """'als:factors=64,128/regularization=1,10' → ("als", {"factors": [64, 128], "regularization": [1, 10]})."""
+    peer, _, body = text.partition(":")
+    if not body:
+        raise argparse.ArgumentTypeError(f"--grid wants PEER:key=v1,v2/key=v1,…; got {text!r}")
+    spec = {}
+    for part in body.split("/"):
+        key, _, values = part.partition("=")
+        try:
+            spec[key.strip()] = [number(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--grid {text!r}: values of {key!r} must be numbers") from None
+        if not spec[key.strip()]:
+            raise argparse.ArgumentTypeError(f"--grid {text!r}: no values for {key!r}")
+    return peer.strip(), spec
 
 
 def parse_args(argv=None):
@@ -77,6 +100,8 @@ def parse_args(argv=None):
     ap.add_argument("--sasrec-maxlen", type=int, default=50, help="SASRec sequence length (200 on ml-latest-small)")
     ap.add_argument("--sasrec-dropout", type=floats, default=[0.2, 0.5], help="SASRec grid: dropout rates")
     ap.add_argument("--sasrec-lr", type=floats, default=[1e-3, 3e-3], help="SASRec grid: Adam learning rates")
+    ap.add_argument("--grid", type=parse_grid, action="append", default=[], metavar="PEER:KEY=V,V/KEY=V",
+                    help="replace grid values of ease (lambda), als or bpr, e.g. 'als:factors=64,128/alpha=10'")
     ap.add_argument("--update", action="store_true",
                     help="add these peers to an existing --out JSON of the same work dir, protocol and masking")
     ap.add_argument("--dataset", default=None, help="name in the JSON and table (default: the work dir's name)")
@@ -86,6 +111,11 @@ def parse_args(argv=None):
     ap.add_argument("--validation-fraction", type=float, default=0.1)
     args = ap.parse_args(argv)
     args.peer_names = [p.strip() for p in args.peers.split(",") if p.strip()]
+    args.grids = {}
+    for peer, spec in args.grid:
+        if peer not in ("ease", "als", "bpr"):
+            ap.error(f"--grid: peer must be ease, als or bpr (SASRec: --sasrec-dropout / --sasrec-lr); got {peer!r}")
+        args.grids.setdefault(peer, {}).update(spec)
     args.masks = [m.strip() for m in args.mask_seen.split(",") if m.strip()]
     for m in args.masks:
         if m not in SETTINGS:
