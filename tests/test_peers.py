@@ -200,6 +200,10 @@ def test_als_folds_the_user_in_from_the_history_up_to_each_event(tmp_path):
     scorer = AlsFoldInScorer(model, world.test, world.log.n_items)
     Y = np.asarray(model.item_factors, np.float64)
     counts = world.test.histories.csr(world.test.target_rows, world.log.n_items, binary=False).toarray()
+    # implicit's own fold-in (rebuilt per row) gives the same factors as the incremental one
+    implicit_factors = model.recalculate_user(np.arange(counts.shape[0]), world.test.histories.csr(
+        world.test.target_rows, world.log.n_items, binary=False))
+    np.testing.assert_allclose(scorer.user_factors, implicit_factors, rtol=2e-3, atol=2e-4)
     for n, r in enumerate(world.test.target_rows):
         # implicit's objective: confidence α·r on observed pairs (1 elsewhere), preference 1 on observed pairs
         c = setting["alpha"] * counts[n]
