@@ -55,10 +55,8 @@ def brute_rank(scores: np.ndarray, target: int, masked: set[int]) -> int:
 
 
 def brute_ease_ranks(world: harness.World, stage: harness.Stage, B: np.ndarray, masked: bool) -> np.ndarray:
+    """Seen (masked) items = the user's items before the event: history rows and earlier ranked rows."""
     log = world.log
-    seen: dict[int, set[int]] = {}
-    for r in stage.fit_rows:
-        seen.setdefault(int(log.user_idx[r]), set()).add(int(log.item_idx[r]))
     stage_rows = set(stage.fit_rows.tolist()) | set(stage.target_rows.tolist())
     out = []
     for r in stage.target_rows:
@@ -67,7 +65,7 @@ def brute_ease_ranks(world: harness.World, stage: harness.Stage, B: np.ndarray, 
         for q in range(r):  # the user's earlier rows of the stage, one at a time
             if q in stage_rows and log.user_idx[q] == u:
                 x[log.item_idx[q]] = 1.0
-        out.append(brute_rank(x @ B, int(log.item_idx[r]), seen.get(int(u), set()) if masked else set()))
+        out.append(brute_rank(x @ B, int(log.item_idx[r]), set(np.flatnonzero(x).tolist()) if masked else set()))
     return np.array(out)
 
 
@@ -128,8 +126,8 @@ def test_ranking_under_two_maskings_scores_once_and_equals_separate_runs(tmp_pat
     assert not np.array_equal(ranks["on"], ranks["off"])
 
 
-@pytest.mark.parametrize("protocol", ["loo", "temporal"])
-def test_harness_pop_ranks_equal_dyembed_evaluate_pop_ranks(tmp_path, tmp_path_factory, protocol):
+@pytest.mark.parametrize("protocol, mask", [("loo", "on"), ("temporal", "auto"), ("temporal", "on")])
+def test_harness_pop_ranks_equal_dyembed_evaluate_pop_ranks(tmp_path, tmp_path_factory, protocol, mask):
     """Same rows, same masking, same ranks as `evaluate` (its rank dump), event by event."""
     import pyarrow.parquet as pq
 
@@ -137,6 +135,7 @@ def test_harness_pop_ranks_equal_dyembed_evaluate_pop_ranks(tmp_path, tmp_path_f
 
     workdir = build_workdir(tmp_path_factory.getbasetemp(), protocol)
     cfg = tiny_config(protocol)
+    cfg.evaluate.mask_seen = mask
     report = evaluate(workdir, cfg, dump_ranks=tmp_path / "ranks.parquet", models=["pop"])
     dump = pq.read_table(tmp_path / "ranks.parquet").to_pandas()
     world = harness.World(workdir, cfg.evaluate, cfg.train.validation_fraction)
@@ -147,7 +146,7 @@ def test_harness_pop_ranks_equal_dyembed_evaluate_pop_ranks(tmp_path, tmp_path_f
     assert list(dump.ts) == list(world.log.ts[test_rows])
     assert list(dump.item_id) == [f"i{j}" for j in world.log.item_idx[test_rows]]
     np.testing.assert_array_equal(dump["rank"].to_numpy(), ranks)
-    assert report["masking"]["seen_masked"] == masking.masked
+    assert report["masking"]["seen_masked"] == masking.masked == (mask == "on")
     got = records[cfg.evaluate.mask_seen]["test"]
     assert got["per_event"] == report["models"]["pop"]["per_event"]
     assert got["ci95_per_event"] == report["models"]["pop"]["ci95_per_event"]

@@ -4,7 +4,9 @@ One definition of each concept, all taken from dyembed:
 - roles      `dyembed.evaluate.run.make_roles` (loo: last event test, the one before validation;
              temporal: global cut at `test_fraction`, validation = the last `validation_fraction`
              of the rows before the cut), the log from `load_event_log`;
-- masking    `dyembed.masking.decide` on the stage's history rows, excluded items `bl.seen_csr`;
+- masking    `dyembed.masking.decide` on the stage's history rows; the excluded (seen) items of
+             each ranked event from `dyembed.replay.seen.seen_before_events` (its user's history
+             rows and earlier ranked rows: the one definition evaluate and train use);
 - ranks      `dyembed.evaluate.baselines.rank_rows` (full ranking, pessimistic ties, the target
              never masked);
 - metrics    `RankAccumulator` (per event / per user, user-bootstrap 95 % intervals).
@@ -39,6 +41,7 @@ from dyembed.evaluate import baselines as bl
 from dyembed.evaluate.metrics import RankAccumulator
 from dyembed.evaluate.run import load_event_log, make_roles
 from dyembed.masking import Masking, decide
+from dyembed.replay.seen import EventSeen, seen_before_events, seen_items
 from dyembed.split import TEST, TRAIN, VALIDATION
 
 VALIDATION_METRIC = "ndcg@10"  # what train early-stops on (train.val_k = 10) and what every grid is scored by
@@ -150,11 +153,16 @@ class World:
             raise InputDataError(f"the {self.ev.protocol} split of {self.workdir} has no {name} events")
         return Stage(name, fit_rows, target_rows, UserHistories(self.log, np.r_[fit_rows, target_rows]))
 
-    def masking(self, stage: Stage, setting: str) -> tuple[Masking, bl.Seen | None]:
-        """dyembed's one rule on the stage's history rows, and the items it excludes."""
+    def masking(self, stage: Stage, setting: str) -> tuple[Masking, EventSeen | None]:
+        """dyembed's one rule on the stage's history rows, and the seen items of every ranked row
+        (the user's history rows and earlier ranked rows), as `evaluate` and `train` build them."""
         users, items = self.log.user_idx[stage.fit_rows], self.log.item_idx[stage.fit_rows]
         masking = decide(setting, users, items, self.ev.repeat_threshold)
-        return masking, (bl.seen_csr(self.log.n_users, users, items) if masking.masked else None)
+        if not masking.masked:
+            return masking, None
+        rows = stage.target_rows
+        return masking, seen_before_events(self.log.n_users, self.log.user_idx[rows], self.log.item_idx[rows],
+                                           seen_items(self.log.n_users, users, items))
 
     def counts(self) -> dict[str, int]:
         test_rows = self.test.target_rows
@@ -185,14 +193,15 @@ class _Recorded:
             self.scorer.observe(rows)
 
 
-def rank(world: World, stage: Stage, scorer: bl.Scorer, exclude: bl.Seen | None) -> np.ndarray:
+def rank(world: World, stage: Stage, scorer: bl.Scorer, exclude: EventSeen | None) -> np.ndarray:
     """Ranks of the stage's target rows (in row order), by dyembed's rank_rows (the code of `evaluate`).
 
     Every peer's scorer is stateless: a row's scores depend on its own history (`UserHistories`),
     never on which rows were scored before, so the order rank_rows visits the rows in changes no
     rank. They are visited round-robin over users (every user's 1st ranked row, then every 2nd, …):
     rank_rows cuts blocks where a user repeats, and in row order a temporal test period (sessions
-    of one user) would fall into blocks of one event."""
+    of one user) would fall into blocks of one event. The seen items stay those of each row's own
+    position in time (the EventSeen entries are permuted with the rows, not recomputed)."""
     rows = stage.target_rows
     users = world.log.user_idx[rows].astype(np.int64)
     order = np.argsort(users, kind="stable")
@@ -200,6 +209,9 @@ def rank(world: World, stage: Stage, scorer: bl.Scorer, exclude: bl.Seen | None)
     occurrence = np.empty(rows.size, dtype=np.int64)
     occurrence[order] = np.arange(rows.size) - np.repeat(starts, np.diff(np.r_[starts, rows.size]))
     visit = np.lexsort((rows, occurrence))
+    if exclude is not None:
+        exclude = EventSeen(users=exclude.users[visit], history=exclude.history, stream=exclude.stream,
+                            new_before=exclude.new_before[visit])
     ranks, _ = bl.rank_rows(scorer, world.log, rows[visit], exclude=exclude, max_block_mb=world.ev.max_block_mb)
     out = np.empty(rows.size, dtype=np.int64)
     out[visit] = ranks
@@ -207,7 +219,7 @@ def rank(world: World, stage: Stage, scorer: bl.Scorer, exclude: bl.Seen | None)
 
 
 def rank_each(world: World, stage: Stage, make_scorer: Callable[[], bl.Scorer],
-              maskings: dict[str, tuple[Masking, bl.Seen | None]]) -> dict[str, np.ndarray]:
+              maskings: dict[str, tuple[Masking, EventSeen | None]]) -> dict[str, np.ndarray]:
     """Ranks under every masking setting, one ranking per distinct decision (masked or not)."""
     by_decision: dict[bool, list[str]] = {}
     for setting, (masking, _) in maskings.items():
@@ -283,13 +295,13 @@ class Peer(Protocol):
     def grid_spec(self, world: World) -> dict[str, list]: ...
 
     def validate(self, world: World, setting: dict[str, Any],
-                 maskings: dict[str, tuple[Masking, bl.Seen | None]], time_budget: float) -> Trial: ...
+                 maskings: dict[str, tuple[Masking, EventSeen | None]], time_budget: float) -> Trial: ...
 
     def final(self, world: World, setting: dict[str, Any], kept: Any, time_budget: float) -> Final: ...
 
 
 def validate_by_ranking(world: World, make_scorer: Callable[[], bl.Scorer],
-                        maskings: dict[str, tuple[Masking, bl.Seen | None]]) -> dict[str, float]:
+                        maskings: dict[str, tuple[Masking, EventSeen | None]]) -> dict[str, float]:
     """Validation NDCG@10 per masking setting of one fitted model."""
     ranks = rank_each(world, world.validation, make_scorer, maskings)
     return {s: score_of(r) for s, r in ranks.items()}
