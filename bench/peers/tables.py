@@ -48,7 +48,7 @@ def metric_table(reports: list[dict], mask: str, metric: str) -> list[str]:
 
 
 def settings_table(reports: list[dict], mask: str) -> list[str]:
-    lines = ["| dataset · protocol | peer | chosen on validation | validation NDCG@10 | train s | tuning s (grid points) | edge of grid |",
+    lines = ["| dataset · protocol | peer | chosen on validation | validation NDCG@10 | train s | tuning s (grid points) | at a grid end (axes of 3+ values) |",
              "|---|---|---|---|---|---|---|"]
     for r in reports:
         if r["evaluate"]["mask_seen"] != mask:
@@ -62,8 +62,9 @@ def settings_table(reports: list[dict], mask: str) -> list[str]:
             if p == "sasrec":
                 point = next(v for v in rec["validation"] if v["setting"] == rec["chosen"])
                 extra = f"; best epoch {point['best_epoch']} of {point['epochs']} ({point['stopped']})"
+            # a value at the end of a grid axis of 3+ values: the optimum may lie beyond the grid
             edges = [k for k, v in rec["chosen"].items() if isinstance(rec["grid"].get(k), list)
-                     and len(rec["grid"][k]) > 1 and v in (rec["grid"][k][0], rec["grid"][k][-1])]
+                     and len(rec["grid"][k]) > 2 and v in (rec["grid"][k][0], rec["grid"][k][-1])]
             lines.append(f"| {r['dataset']} · {r['protocol']} | {NAMES[p]} | {chosen}{extra} | "
                          f"{rec['validation_ndcg@10']:.4f} | {rec['train_seconds']:.1f} | "
                          f"{rec['tuning_seconds']:.0f} ({len(rec['validation'])}) | {', '.join(edges) or '—'} |")
