@@ -187,7 +187,7 @@ class AlsPeer(_ImplicitPeer):
     spec = ALS_GRID
 
     def at_test_time(self, protocol: str) -> str:
-        return "user factor recomputed (recalculate_user) from the history up to the event"
+        return "user factor folded in (exact ALS least squares, as recalculate_user) from the history up to the event"
 
     def _model(self, setting):
         from threadpoolctl import threadpool_limits
