@@ -202,6 +202,10 @@ class TrainConfig:
     patience: int = 3
     validation: bool = True
     val_k: int = 10
+    # after early stopping, train θ again from its initial value on train + validation rows for the
+    # chosen number of epochs, so θ also learns from the validation events (what the peers do for
+    # their test model); doubles the training time
+    refit: bool = False
     # split used for training: "evaluate" takes [evaluate] protocol/test_fraction/test_start;
     # "none" trains on every event (production / cron)
     protocol: str = _choice("evaluate", ["evaluate", "loo", "temporal", "none"])

@@ -254,6 +254,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
     theta0 = init_theta(features, mcfg, seed=tcfg.seed, train_items=train_items_cat)
     del train_items_cat
     model = Model(features, theta0, mcfg)
+    theta_start = model.to_theta() if tcfg.refit and n_val else None  # the refit starts where training did
     feature_dim = int(features.shape[1])
     del features, theta0  # the model holds its own copies (X on the device: 1.5 GB at 1M items × D 384)
     engine = _make_engine(model, spec, None, cfg, n_users=n_users)
@@ -330,11 +331,31 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
             stopped = "early_stopping"
             break
 
+    refit = None
+    if theta_start is not None and best["theta"] is not None:
+        # the chosen epoch count, now on train + validation rows, from the same start and with a
+        # fresh θ optimiser; no validation is left to stop on, so the count is the one chosen above
+        t0 = time.perf_counter()
+        model.assign(theta_start)
+        engine = _make_engine(model, spec, None, cfg, n_users=n_users)
+        refit_losses = []
+        for epoch in range(1, best["epoch"] + 1):
+            reset()
+            loss_value, _ = replay_pass("refit", epoch, (TRAIN, VALIDATION), train_mode=True, ranks=False)
+            if not np.isfinite(loss_value):
+                scalars.close()
+                raise DivergedError(f"the refit on train + validation rows diverged in epoch {epoch}: nothing was "
+                                    "saved, the previous state is kept; lower train.lr or turn train.refit off")
+            refit_losses.append(round(loss_value, 5))
+        best["theta"] = model.to_theta()
+        train_seconds += time.perf_counter() - t0
+        refit = {"epochs": best["epoch"], "events": n_train + n_val, "losses": refit_losses}
+
     # the users after every train + validation row, replayed with the kept θ (the split boundary).
     # The last validation replay already is that when the best epoch is the last one.
     if best["theta"] is not None:
         model.assign(best["theta"])
-    if best["theta"] is None or best["epoch"] != len(history):
+    if best["theta"] is None or best["epoch"] != len(history) or refit is not None:
         reset()
         replay_pass("final", len(history), (TRAIN, VALIDATION), train_mode=False, ranks=False)
     scalars.close()
@@ -363,6 +384,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
         "history": history,
         "val_metric": f"ndcg@{tcfg.val_k}" if n_val else None,
         "best_val": None if best["theta"] is None else round(float(best["val"]), 5),
+        "refit": refit,  # θ retrained on train + validation rows (train.refit); best_val is the pre-refit score
         "alpha": [float(a) for a in np.atleast_1d(model.alpha())],
         "temperature": model.temperature,
         "train_seconds": round(train_seconds, 3),
