@@ -164,3 +164,25 @@ def note(message: str) -> None:
     """A one-line message for the human at the terminal (silenced by --quiet)."""
     if not GLOBALS.quiet:
         err.print(message, markup=False)
+
+
+def check_output(path: str | Path | None, flag: str, *, kind: str = "file") -> None:
+    """Before any work: an output path a command will write must be of the right kind and in a
+    writable place (exit 2 for the kind, 4 when the place cannot be written), so that a run does
+    not fail after minutes of work. `kind`: "file" or "dir"; None and "-" (stdout) pass."""
+    from dyembed.errors import ConfigError, StateError
+
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} exists and is not a directory; give a directory (new or existing)")
+    place = path if kind == "dir" and path.is_dir() else path.parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise ConfigError(f"{flag} {path}: {place} is not a directory")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise StateError(f"cannot write {flag} {path}: {place} is not writable")
