@@ -311,7 +311,9 @@ INT64 = 2**63 - 1
 # every int / float key of every section (a test checks that none is missing): lists (evaluate.ks)
 # are checked element by element, None is allowed where the annotation allows it
 CONSTRAINTS: dict[str, Range] = {
-    "synth.users": AT_LEAST_1, "synth.items": AT_LEAST_1, "synth.events": AT_LEAST_1, "synth.topics": AT_LEAST_1,
+    # upper bounds: what one machine can generate (1e9 events are ~33 GB of CSV)
+    "synth.users": Range(1, 100_000_000), "synth.items": Range(1, 100_000_000), "synth.events": Range(1, 1_000_000_000),
+    "synth.topics": AT_LEAST_1,
     "synth.seed": AT_LEAST_0, "synth.drift_rate": AT_LEAST_0, "synth.focus": FRACTION,
     "synth.popularity_exponent": AT_LEAST_0, "synth.start_time": AT_LEAST_0, "synth.span_days": POSITIVE,
     "synth.malformed_rows": AT_LEAST_0,
@@ -363,9 +365,13 @@ def check_values(cfg: "Config") -> None:
     that is not. load_config calls it; library entry points (train, evaluate, …) too, for configs
     built in code."""
     for section in dataclasses.fields(cfg):
-        values = getattr(cfg, section.name)
-        for f in dataclasses.fields(values):
-            _check_value(f"{section.name}.{f.name}", getattr(values, f.name))
+        check_section(section.name, getattr(cfg, section.name))
+
+
+def check_section(name: str, values: Any) -> None:
+    """check_values for one section (e.g. a SynthConfig handed to `dyembed.synth.generate`)."""
+    for f in dataclasses.fields(values):
+        _check_value(f"{name}.{f.name}", getattr(values, f.name))
 
 
 def _section_types(section_cls: type) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def _rename(chunk: Chunk, mapping: dict[str, str]) -> Chunk:
     """File columns → canonical names (only the mapped ones, in mapping order)."""
     table = chunk.table
     cols = {canon: table.column(src) for canon, src in mapping.items() if src in table.column_names}
-    return Chunk(pa.table(cols), chunk.lines, chunk.malformed)
+    return Chunk(pa.table(cols), chunk.lines, chunk.malformed, chunk.blank)
 
 
 def _check_columns(path: Path, what: str, found: list[str], mapping: dict[str, str], hint: str) -> None:
@@ -282,10 +282,14 @@ def _with(cfg: DataConfig, **changes) -> DataConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, encoding: str, what: str = "file") -> Iterator[tuple[int, str]]:
+    """(physical line number, text) of the non-blank lines."""
     with open_binary(path) as fh:
         for number, raw in enumerate(fh, start=1):
-            text = raw.decode(encoding).rstrip("\r\n")
+            try:
+                text = raw.decode(encoding).rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise InputDataError(f"{what} {path} is not valid {encoding} (line {number})") from None
             if text.strip():
                 yield number, text
 
@@ -469,17 +473,21 @@ def _mind_source(path: Path, chunk_rows: int) -> EventSource:
         times: list[str] = []
         lines: list[int] = []
         malformed: list[tuple[int, str]] = []
+        blank = [0, 0]  # blank lines since the last chunk, the last line number seen
 
         def flush() -> Chunk:
             table = pa.table({"user": pa.array(users, pa.string()), "item": pa.array(items, pa.string()),
                               "timestamp": pa.array(times, pa.string()), "event": pa.array(["click"] * len(users), pa.string())})
-            chunk = Chunk(table, np.asarray(lines, dtype=np.int64), list(malformed))
+            chunk = Chunk(table, np.asarray(lines, dtype=np.int64), list(malformed), blank[0])
             for buf in (users, items, times, lines, malformed):
                 buf.clear()
+            blank[0] = 0
             return chunk
 
         try:
-            for number, line in _lines(path, "utf-8"):
+            for number, line in _lines(path, "utf-8", "behaviors file"):
+                blank[0] += number - blank[1] - 1
+                blank[1] = number
                 parts = line.split("\t")
                 if len(parts) != 5:
                     malformed.append((number, line))
@@ -495,7 +503,7 @@ def _mind_source(path: Path, chunk_rows: int) -> EventSource:
                     yield flush()
         except UnicodeDecodeError:
             raise InputDataError(f"behaviors file {path} is not valid utf-8") from None
-        if users or malformed:
+        if users or malformed or blank[0]:
             yield flush()
 
     return EventSource(path, reader)

@@ -334,6 +334,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
     source_names = [str(s.path) for s in plan.events]
     reasons: Counter[str] = Counter()
     rows_in = 0
+    blank_lines = 0  # not rows: counted so that every physical line of the inputs is accounted for
     collector = _Collector(has_weight, data.min_rating is not None)
 
     # every output goes to a temp name; all are replaced together (all or none, even across a kill)
@@ -358,6 +359,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
                 n = chunk.table.num_rows + len(chunk.malformed)
                 rows_in += n
                 rows_src += n
+                blank_lines += chunk.blank
                 table, malformed = chunk.table, chunk.malformed
                 if pseudonymiser is not None:
                     # ids are hashed before validation, so every artefact sees only pseudonyms; a
@@ -464,6 +466,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
             "started_at": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "inputs": inputs,
             "rows_in": rows_in,
+            "blank_lines": blank_lines,
             "events_out": run_out,
             "rejected": run_rejected,
             "new_users": n_users - n_prev_users,
@@ -477,6 +480,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
         }
         counts = {
             "rows_in": total_in,
+            "blank_lines": blank_lines + int(prev_counts.get("blank_lines", 0)),
             "events_out": events.num_rows,
             "rejected": total_rejected,
             "rejected_total": sum(total_rejected.values()),
@@ -519,6 +523,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
         "format": plan.format,
         "mode": run["mode"],
         "rows_in": rows_in,
+        "blank_lines": blank_lines,
         "events_out": run_out,
         "rejected": run_rejected,
         "rejected_total": sum(run_rejected.values()),
