@@ -179,6 +179,7 @@ def test_update_and_recommend_equals_dyembed_update_then_recommend(world, tmp_pa
         want = _recommend_all(updated, tmp_path, *(["--exclude-seen"] if flag else []))
         assert sorted(result["user_ids"]) == sorted(set(users))
         assert sum(result["events_applied"]) == len(users) and sum(result["unknown_item_events"]) == 0
+        assert sum(result["late_events"]) == 0
         for lane, uid in enumerate(result["user_ids"]):
             _assert_lists_equal(result["item_ids"][lane], result["scores"][lane], want[uid], f"{uid} seen={flag}")
         _assert_states_equal(result, state, index)
@@ -244,18 +245,19 @@ def test_sampled_loss_update_is_the_rule_with_the_models_own_negatives(tmp_path)
     assert set(lanes) == set(users)
 
 
-def test_update_and_recommend_skips_and_counts_unknown_items_and_keeps_the_export_unchanged(world, tmp_path):
+def test_update_and_recommend_skips_and_counts_unknown_items_and_late_events_and_changes_nothing(world, tmp_path):
     work, _, out, _ = world
     uid = _user_ids(work)[0]
     item = pq.read_table(work / "items.parquet").column("item_id").to_pylist()[0]
     ts = json.loads((out / "export.json").read_text())["watermark"]["last_ts"] + 60
-    event = {"user_ids": [uid, uid], "item_ids": ["no-such-item", item], "timestamps": [ts, ts + 1],
-             "weights": [1.0, 1.0], "k": K, "exclude_seen": False}
+    # one event of an unknown item, one late one (older than the exported log: dropped, data.allow_late)
+    event = {"user_ids": [uid, uid, uid], "item_ids": ["no-such-item", item, item], "timestamps": [ts, ts + 1, ts - 120],
+             "weights": [1.0, 1.0, 1.0], "k": K, "exclude_seen": False}
     before = {"signature": "recommend", "inputs": {"user_ids": [uid], "k": K, "exclude_seen": False}}
     served = _serve(out / "saved_model/1", [before, {"signature": "update_and_recommend", "inputs": event}, before],
                     tmp_path / "client")
     first, upd, after = served["results"]
-    assert upd["events_applied"] == [1] and upd["unknown_item_events"] == [1]
+    assert upd["events_applied"] == [1] and upd["unknown_item_events"] == [1] and upd["late_events"] == [1]
     from dyembed.replay.state import load_state
 
     _, _, state, _ = load_state(work)

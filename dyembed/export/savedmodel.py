@@ -7,7 +7,8 @@ and `update` share one definition of the score and of the user's step.
         does not know, or one without a replayed event, gets the cold-start list (u = u0, no
         recent items, nothing masked) — dyembed recommend's rules.
     update_and_recommend(user_ids, item_ids, timestamps, weights, k, exclude_seen)
-        the events (per user in timestamp order, stable) applied to the exported states with θ
+        the events (per user in timestamp order, stable; events older than the exported log
+        dropped or clamped as data.allow_late says, as `update` does) applied to the exported states with θ
         frozen — decay, context / repeat terms from the recent-item ring, full or sampled loss,
         w ∇u + λ(u − u0), clipping, sgd / adagrad / adam with the user's slots, ring push — then
         each distinct user's top-k and new state. Stateless: nothing in the model changes.
@@ -53,6 +54,8 @@ def _module_class(tf):
             self.sampled = t.spec.loss == "sampled"
             self.num_negatives = t.num_negatives
             self.seed = int(t.seed)
+            self.allow_late = t.allow_late
+            self.log_last_ts = tf.constant(int(t.log_last_ts), tf.int64)
             # θ (frozen); E is folded into V
             self.V = var(t.V, np.float32, "V")
             self.b = var(th.b, np.float32, "b")
@@ -184,6 +187,13 @@ def _module_class(tf):
             items = self.item_table.lookup(item_ids)
             ok = items >= 0  # events of items the export does not hold are skipped (and counted)
             unknown_items = tf.math.unsorted_segment_sum(tf.cast(~ok, tf.int32), lane, m)
+            # events older than the exported log: what `update` (preprocess --append) does with them
+            late = ok & (timestamps < self.log_last_ts)
+            late_events = tf.math.unsorted_segment_sum(tf.cast(late, tf.int32), lane, m)
+            if self.allow_late == "drop":
+                ok &= ~late
+            elif self.allow_late == "clamp":
+                timestamps = tf.where(late, self.log_last_ts, timestamps)
             ev = tf.where(ok)[:, 0]
             e_lane, e_item = tf.gather(lane, ev), tf.gather(items, ev)
             e_ts = tf.gather(timestamps, ev)
@@ -211,7 +221,7 @@ def _module_class(tf):
             out = self._topk(self._scores(qu, qring, qcnt), k, lane_x, item_x)
             out.update(
                 user_ids=lanes_ids, known_user=rows >= 0, cold_start=cold, events_applied=per_lane,
-                unknown_item_events=unknown_items, user_vector=u,
+                unknown_item_events=unknown_items, late_events=late_events, user_vector=u,
                 slots=tf.stack(slots, axis=1) if slots else tf.zeros([m, 0, self.dim]),
                 count=cnt, last_ts=last, recent=ring if self.history else tf.zeros([m, 0], tf.int32),
                 ann_user_vectors=self._ann_user(qu, qring, qcnt))

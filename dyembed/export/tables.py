@@ -34,6 +34,8 @@ class ServingTables:
     uses_weights: bool  # the rule multiplies each event's gradient by its weight (model.use_weights + a weight column)
     num_negatives: int  # sampled loss: shared negatives per step
     seed: int  # sampled loss: base seed of the negatives drawn in update_and_recommend
+    log_last_ts: int  # the exported log's latest time: `update` treats older new events as late
+    allow_late: str  # data.allow_late: drop (the default) or clamp such events; keep merges them
     info: dict[str, Any] = field(default_factory=dict)  # state version, watermark, fingerprint… for export.json
 
     @property
@@ -105,6 +107,7 @@ def load_tables(workdir: str | Path) -> ServingTables:
         "state_version": version_of(manifest),
         "watermark": manifest.get("watermark"),
         "log_rows": int(len(log)),
+        "allow_late": cfg.data.allow_late,
         "encoder_fingerprint": encode_fp,
         "model": {"rule": cfg.model.rule, "loss": cfg.model.loss, "dim": cfg.model.dim, "history": cfg.model.history,
                   "context": cfg.model.context, "repeat": cfg.model.repeat, "user_init": cfg.model.user_init,
@@ -113,7 +116,8 @@ def load_tables(workdir: str | Path) -> ServingTables:
     return ServingTables(theta=trained.theta, V=V, item_ids=item_ids, user_ids=user_ids, users=users,
                          seen_indptr=seen.indptr, seen_indices=seen.indices, spec=trained.spec,
                          uses_weights=bool(cfg.model.use_weights and has_weight_column),
-                         num_negatives=int(cfg.model.num_negatives), seed=int(cfg.train.seed), info=info)
+                         num_negatives=int(cfg.model.num_negatives), seed=int(cfg.train.seed),
+                         log_last_ts=int(log.ts.max()) if len(log) else 0, allow_late=cfg.data.allow_late, info=info)
 
 
 def _has_weight_column(workdir: Path) -> bool:
