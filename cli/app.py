@@ -10,7 +10,7 @@ from typer.core import TyperGroup
 
 from dyembed import __version__
 from dyembed_cli import common
-from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, preprocess_cmd, state_cmd, synth_cmd, train_cmd, update_cmd
+from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, export_cmd, preprocess_cmd, state_cmd, synth_cmd, train_cmd, update_cmd
 
 
 class _OneLineErrors(TyperGroup):
@@ -68,7 +68,7 @@ def main_options(
     common.GLOBALS.log_format = log_format
 
 
-for module in (synth_cmd, preprocess_cmd, encode_cmd, train_cmd, evaluate_cmd, update_cmd, state_cmd, demo_cmd):
+for module in (synth_cmd, preprocess_cmd, encode_cmd, train_cmd, evaluate_cmd, update_cmd, state_cmd, export_cmd, demo_cmd):
     module.register(app)
 
 
