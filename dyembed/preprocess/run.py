@@ -70,6 +70,17 @@ class Previous:
     watermark: int
 
 
+def _workdir_hashed(workdir: Path, append: bool) -> bool:
+    """--append to a work dir with hashed user ids (its salt is checked later; until then, nothing
+    from the input may be printed)."""
+    if not append:
+        return False
+    try:
+        return bool(read_json(workdir / "manifest.json").get("user_ids", {}).get("hashed"))
+    except (InputDataError, AttributeError):
+        return False
+
+
 def _check_config(data: DataConfig) -> None:
     for key in ("min_user_events", "min_item_events", "chunk_rows"):
         if getattr(data, key) < 1:
@@ -296,7 +307,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
     if allow_late not in ALLOW_LATE:
         raise ConfigError(f"--allow-late must be one of {', '.join(ALLOW_LATE)}; got {allow_late!r}")
     language = check_language(data.language)
-    plan: Plan = make_plan(data)
+    plan: Plan = make_plan(data, hide_found=salt is not None or _workdir_hashed(workdir, append))
     if data.min_rating is not None and not plan.has_rating:
         raise ConfigError(f"config key 'data.min_rating' needs a rating column; format {plan.format} has none (set data.rating_col)")
     previous = _load_previous(workdir) if append else None
