@@ -71,6 +71,12 @@ class DataConfig:
     # fields of the items file joined into the item text; "" = the format's own default
     # (generic and synth: "{title}. {description}")
     text_template: str = ""
+    # user-generated, time-stamped text fields (movielens-latest tags) are used only when dated
+    # before this time, so item features carry no information from the evaluation's test period:
+    # "cut" = the temporal split's cut (evaluate.test_start, else the evaluate.test_fraction
+    # quantile of the log's times, as `evaluate --protocol temporal` draws it); "all" (every tag:
+    # for serving, not for evaluating); "none" (no tags); or a time (unix seconds or ISO date)
+    tags_before: str = "cut"
     # unix (seconds), unix_ms, auto (s/ms/µs/ns by magnitude, per value), iso, or a strftime pattern
     time_format: str = "auto"
     # generic CSV: None = from the extension (.tsv → tab) or sniffed from the header line

@@ -279,7 +279,13 @@ class _PhysicalLines:
         return blank, broken
 
     def _record_ok(self, text: bytes) -> bool:
-        rows = list(csv.reader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""), delimiter=self.delimiter))
+        """A multi-line record is one only if it parses strictly (quotes open and close whole
+        fields) into the header's number of fields."""
+        try:
+            rows = list(csv.reader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""),
+                                   delimiter=self.delimiter, strict=True))
+        except csv.Error:
+            return False
         return len(rows) == 1 and len(rows[0]) == self.n_fields
 
     def _scan(self, buf: bytes, final: bool) -> None:

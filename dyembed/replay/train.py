@@ -39,7 +39,7 @@ import numpy as np
 
 from dyembed import lineage
 from dyembed.config import Config, check_values, to_toml
-from dyembed.errors import ConfigError, DivergedError, InputDataError
+from dyembed.errors import ConfigError, DivergedError, InputDataError, StateError
 from dyembed.lock import WorkdirLock
 from dyembed.masking import decide as decide_masking
 from dyembed.replay.io import Events, check_events, events_rows, iter_events, load_features, n_users_of, read_events
@@ -156,13 +156,19 @@ def train(workdir: str | Path, cfg: Config, *, resume: bool = False, update_glob
     if not workdir.is_dir():
         raise InputDataError(f"work directory not found: {workdir}")
     _check_train_config(cfg)
-    device = configure_runtime(cfg.runtime)
+    if update_global and not resume:
+        raise ConfigError("--update-global only applies with --resume")
+    # the lock and the checks that need no TensorFlow first: a second writer, a missing, damaged
+    # or foreign state learn it at once, not after TensorFlow's start-up
     with WorkdirLock(workdir, command="train --resume" if resume else "train", wait=cfg.runtime.lock_wait):
+        if resume:
+            _check_resumable(workdir)
+        else:
+            require_inputs(workdir)
+        device = configure_runtime(cfg.runtime)
         if resume:
             summary, _ = _resume(workdir, cfg, update_global=update_global, progress=progress)
         else:
-            if update_global:
-                raise ConfigError("--update-global only applies with --resume")
             summary = _fit(workdir, cfg, progress=progress)
     summary["device"] = device
     return summary
@@ -181,11 +187,34 @@ def resume_with_window_ranks(workdir: str | Path, cfg: Config, *,
     if not workdir.is_dir():
         raise InputDataError(f"work directory not found: {workdir}")
     _check_train_config(cfg)
-    device = configure_runtime(cfg.runtime)
     with WorkdirLock(workdir, command="train --resume", wait=cfg.runtime.lock_wait):
+        _check_resumable(workdir)
+        device = configure_runtime(cfg.runtime)
         summary, window = _resume(workdir, cfg, update_global=False, progress=progress, with_ranks=True)
     summary["device"] = device
     return summary, window[0], window[1]
+
+
+def _check_resumable(workdir: Path) -> None:
+    """Before TensorFlow starts: the state's files are whole and it belongs to the work dir's files
+    (StateError, exit 4, naming what is wrong)."""
+    from dyembed.state_versions import read_state_manifest, verify_dir
+
+    directory = state_dir(workdir)
+    check = verify_dir(directory)
+    if not check["ok"]:
+        raise StateError(f"{check['problem']}; see `dyembed state verify {workdir}` (and `dyembed state rollback`)")
+    record = read_state_manifest(directory).get("lineage")
+    # as _resume checks it again: re-encoded texts of known items are taken in, not refused
+    lineage.require(workdir, directory, record, lineage.scan(workdir, **lineage.marks(record or {})), allow_reencoded=True)
+
+
+def require_inputs(workdir: Path) -> None:
+    """Before TensorFlow starts: what `train` reads is there (InputDataError, exit 3)."""
+    from dyembed.artefacts import require_file
+
+    require_file(workdir / "item_embeddings.parquet", "item embeddings (run `dyembed encode` first)")
+    require_file(workdir / "events.parquet", "events (run `dyembed preprocess` first)")
 
 
 def _make_engine(model, spec: RuleSpec, state: UserState | None, cfg: Config, n_users: int | None = None):
