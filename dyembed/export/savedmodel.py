@@ -110,8 +110,8 @@ def _module_class(tf):
 
         def _scores(self, u, ring, cnt):
             """[B, n_items]: (u + c W) Vᵀ / τ + b + β h."""
-            tau = tf.exp(self.log_tau)
-            scores = tf.matmul(self._query(u, ring, cnt) / tau, self.V, transpose_b=True) + self.b
+            # the order of replay/scoring.py's numpy scorer (what recommend serves): q Vᵀ, then / τ
+            scores = tf.matmul(self._query(u, ring, cnt), self.V, transpose_b=True) / tf.exp(self.log_tau) + self.b
             if self.repeat:
                 w_r = rules.recent_weights_tf(tf, ring, cnt, tf.math.log_sigmoid(self.logit_repeat_decay))
                 scores = rules.add_repeat_scores_tf(tf, scores, ring, w_r, self.beta)
