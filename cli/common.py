@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer._click.exceptions import ClickException
 
 from dyembed.config import Config, load_config
 from dyembed.errors import EXIT_UNEXPECTED, DyembedError
@@ -36,6 +37,20 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file (defaults < file < flags < --set).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any key: --set model.dim=32 (repeatable).")]
+# the same meaning in every command: ONE line of JSON on stdout and nothing else there (scripts: `| jq`)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as ONE line of JSON on stdout (nothing else on stdout).")]
+JsonFileOpt = Annotated[Path | None, typer.Option("--json-file", help="Also write the result as JSON to this file.")]
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is not None and value not in DEVICES:
+        raise typer.BadParameter(f"must be one of {', '.join(DEVICES)}; got {value!r}", param_hint="--device")
+    return value
+
+
+DeviceOpt = Annotated[str | None, typer.Option("--device", callback=_check_device, show_default="runtime.device (auto)",
+                                               help="Where TensorFlow runs: auto | cpu | gpu (runtime.device).")]
 
 
 class _JsonLogFormatter(logging.Formatter):
@@ -89,8 +104,8 @@ def guarded(fn: F) -> F:
             if GLOBALS.debug:
                 raise
             raise fail(str(exc), exc.exit_code) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, ClickException):
+            raise  # ClickException: a usage error (BadParameter …), one line by app.OneLineErrors
         except Exception as exc:  # noqa: BLE001 - the last line of defence of a CLI
             if GLOBALS.debug:
                 raise
@@ -122,6 +137,24 @@ def progress_bar(total: int | None, desc: str, unit: str = "it"):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not show_progress(), file=sys.stderr, dynamic_ncols=True)
+
+
+def emit_json(result: dict[str, Any], to_stdout: bool, path: Path | None = None) -> bool:
+    """--json-file FILE: write it there; --json: one line on stdout. True when the human output is to be skipped."""
+    import json
+
+    if path is not None:
+        from dyembed.artefacts import write_json
+
+        write_json(path, result)
+    if to_stdout:
+        typer.echo(json.dumps(result, default=str, separators=(",", ":")))
+    return to_stdout
+
+
+def warn(message: str) -> None:
+    """A one-line `warning: …` on stderr (shown even with --quiet)."""
+    err.print(f"warning: {message}", markup=False)
 
 
 def note(message: str) -> None:

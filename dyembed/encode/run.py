@@ -135,6 +135,10 @@ def _encode(workdir: str | Path, cfg: Config, *, model: str | None, progress: Pr
 
     fallback_reason = None
     adapt_report = None
+    if spec.startswith("hf:"):  # TensorFlow: placed by --device / runtime.device, as in every TF command
+        from dyembed.replay.runtime import configure_runtime
+
+        configure_runtime(cfg.runtime)
     try:
         if spec.startswith("hf:") and ecfg.adapt_steps > 0:
             from dyembed.encode.adapt import adapt

@@ -253,7 +253,7 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
     if models is not None:
         names = [n for n in names if n in models]
 
-    trained = api.load_trained(workdir, view="eval")  # the snapshot at the split boundary, lineage checked
+    trained = api.load_trained(workdir, view="eval", runtime=cfg.runtime)  # the snapshot at the split boundary, lineage checked
     if log_.n_users > trained.n_users:  # users appended since `train` start where new users start
         trained.state = _with_fresh_users(trained, log_.n_users)
     # build what needs the [n_items, D] item features, then free them (1.5 GB at 1M items × D 384):
