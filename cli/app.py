@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Annotated
 
@@ -12,6 +13,9 @@ from dyembed import __version__
 from dyembed_cli import common
 from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, preprocess_cmd, state_cmd, synth_cmd, train_cmd, update_cmd
 
+REMOTE = re.compile(r"(^|=)[a-zA-Z][a-zA-Z0-9+.-]+://")  # a URL as an argument or a --set value
+
+
 class OneLineErrors(TyperGroup):
     """Usage errors (bad flag, bad value, missing argument) as ONE line `error: …` on stderr, exit 2,
     like every other error of dyembed (instead of click's usage block)."""
@@ -21,6 +25,12 @@ class OneLineErrors(TyperGroup):
 
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **extra)
+        argv = extra.get("args", args[0] if args else None)
+        remote = next((a for a in (sys.argv[1:] if argv is None else argv) if REMOTE.search(str(a))), None)
+        if remote is not None:
+            common.err.print(f"error: {remote}: remote URLs (s3://, gs://, http://, …) are not supported; dyembed "
+                             "reads and writes local paths: copy the file here first (e.g. `aws s3 cp`)", markup=False)
+            sys.exit(2)
         try:
             code = super().main(*args, standalone_mode=False, **extra)
         except NoArgsIsHelpError as exc:  # `dyembed` / `dyembed state` alone: the help, exit 2

@@ -37,6 +37,15 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file (defaults < file < flags < --set).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any key: --set model.dim=32 (repeatable).")]
+def cfg_default(key: str) -> str:
+    """What `--help` shows as the default of a flag that sets config `key` (its built-in value;
+    the work dir's config.toml / --config / --set may change it)."""
+    section, name = key.split(".")
+    value = getattr(getattr(Config(), section), name)
+    shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+    return f"{key} = {shown}"
+
+
 # the same meaning in every command: ONE line of JSON on stdout and nothing else there (scripts: `| jq`)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as ONE line of JSON on stdout (nothing else on stdout).")]
 JsonFileOpt = Annotated[Path | None, typer.Option("--json-file", help="Also write the result as JSON to this file.")]
@@ -49,7 +58,7 @@ def _check_device(value: str | None) -> str | None:
     return value
 
 
-DeviceOpt = Annotated[str | None, typer.Option("--device", callback=_check_device, show_default="runtime.device (auto)",
+DeviceOpt = Annotated[str | None, typer.Option("--device", callback=_check_device, show_default=cfg_default("runtime.device"),
                                                help="Where TensorFlow runs: auto | cpu | gpu (runtime.device).")]
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dyembed_cli.common import (GLOBALS, ConfigOpt, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, emit_json, guarded, note, out,
+from dyembed_cli.common import (GLOBALS, ConfigOpt, cfg_default, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, emit_json, guarded, note, out,
                                 progress_bar, resolve_config)
 
 
@@ -16,9 +16,9 @@ def register(app: typer.Typer) -> None:
     @guarded
     def encode(
         workdir: Annotated[Path, typer.Argument(help="Work directory with items.parquet (from `dyembed preprocess`).")],
-        model: Annotated[str | None, typer.Option("--model", "-m", help="Local model directory or cached hub id, or 'hashing' (else $DYEMBED_MODEL, else encode.encoder).")] = None,
-        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Texts per forward pass (halved automatically on out-of-memory).")] = None,
-        adapt_steps: Annotated[int | None, typer.Option("--adapt-steps", help="Masked-LM steps on the item texts before encoding (0: off).")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", show_default=cfg_default("encode.encoder"), help="Local model directory or cached hub id, or 'hashing' (else $DYEMBED_MODEL, else encode.encoder).")] = None,
+        batch_size: Annotated[int | None, typer.Option("--batch-size", show_default=cfg_default("encode.batch_size"), help="Texts per forward pass (halved automatically on out-of-memory).")] = None,
+        adapt_steps: Annotated[int | None, typer.Option("--adapt-steps", show_default=cfg_default("encode.adapt_steps"), help="Masked-LM steps on the item texts before encoding (0: off).")] = None,
         json_out: JsonOpt = False,
         json_file: JsonFileOpt = None,
         device: DeviceOpt = None,

@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import (GLOBALS, ConfigOpt, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, emit_json, err, guarded, note,
+from dyembed_cli.common import (GLOBALS, ConfigOpt, cfg_default, cfg_default, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, emit_json, err, guarded, note,
                                 out, progress_bar, resolve_config, warn)
 
 # one flag, one key, one rule (dyembed/masking.py) for evaluate and recommend
 MaskSeenOpt = Annotated[str | None, typer.Option(
-    "--mask-seen", show_default="evaluate.mask_seen (auto)",
+    "--mask-seen", show_default=cfg_default("evaluate.mask_seen"),
     help="Seen items (the user's earlier items) left out of the ranking: auto (yes unless >= evaluate.repeat_threshold "
          "of the events repeat an earlier item of their user), on or off.")]
 
@@ -124,12 +124,12 @@ def register(app: typer.Typer) -> None:
     @guarded
     def evaluate_command(
         workdir: Annotated[Path, typer.Argument(help="Work directory (after `dyembed train`).")],
-        protocol: Annotated[str | None, typer.Option("--protocol", help="loo (leave-last-out) or temporal (global cut, prequential).")] = None,
-        test_fraction: Annotated[float | None, typer.Option("--test-fraction", help="temporal: last fraction of events that is test.")] = None,
+        protocol: Annotated[str | None, typer.Option("--protocol", show_default=cfg_default("evaluate.protocol"), help="loo (leave-last-out) or temporal (global cut, prequential).")] = None,
+        test_fraction: Annotated[float | None, typer.Option("--test-fraction", show_default=cfg_default("evaluate.test_fraction"), help="temporal: last fraction of events that is test.")] = None,
         test_start: Annotated[str | None, typer.Option("--test-start", help="temporal: cut time, unix seconds or ISO date (overrides --test-fraction).")] = None,
-        k: Annotated[list[int] | None, typer.Option("--k", min=1, show_default="evaluate.ks (10, 20)", help="Cut-off K, a positive integer (repeatable: --k 10 --k 20).")] = None,
+        k: Annotated[list[int] | None, typer.Option("--k", min=1, show_default=cfg_default("evaluate.ks"), help="Cut-off K, a positive integer (repeatable: --k 10 --k 20).")] = None,
         mask_seen: MaskSeenOpt = None,
-        baselines: Annotated[list[str] | None, typer.Option("--baselines", help="pop, recent-pop, random, history-mean, static, frozen (comma-separated or repeated; 'none').")] = None,
+        baselines: Annotated[list[str] | None, typer.Option("--baselines", show_default=cfg_default("evaluate.baselines"), help="pop, recent-pop, random, history-mean, static, frozen (comma-separated or repeated; 'none').")] = None,
         json_out: JsonOpt = False,
         json_file: Annotated[Path | None, typer.Option("--json-file", help="Write the JSON report (metrics.json) to this file.")] = None,
         dump_ranks: Annotated[Path | None, typer.Option("--dump-ranks", help="Parquet of (model, user_id, item_id, ts, rank) per test event.")] = None,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, emit_json, guarded, note, out, progress_bar, resolve_config
+from dyembed_cli.common import ConfigOpt, cfg_default, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, emit_json, guarded, note, out, progress_bar, resolve_config
 
 
 def render_summary(summary: dict[str, Any]) -> None:
@@ -50,9 +50,9 @@ def register(app: typer.Typer) -> None:
     @guarded
     def train_command(
         workdir: Annotated[Path, typer.Argument(help="Work directory (events.parquet, item_embeddings.parquet).")],
-        epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum number of epochs.")] = None,
+        epochs: Annotated[int | None, typer.Option("--epochs", show_default=cfg_default("train.epochs"), help="Maximum number of epochs.")] = None,
         protocol: Annotated[str | None, typer.Option(
-            "--protocol", help="Split to train and validate on: loo | temporal | none (none: every event is training; "
+            "--protocol", show_default=cfg_default("train.protocol"), help="Split to train and validate on: loo | temporal | none (none: every event is training; "
                                "default: train.protocol, whose 'evaluate' takes [evaluate] protocol).")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Replay only events newer than the state's watermark.")] = False,
         update_global: Annotated[bool, typer.Option("--update-global", help="With --resume: also update θ on the new events.")] = False,

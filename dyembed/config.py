@@ -400,6 +400,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"config key '{key}' has an unsupported type")  # pragma: no cover
 
 
+def _did_you_mean(word: str, choices: Any, prefix: str = "") -> str:
+    """'; did you mean 'model.dim'?' for the closest known name, or '' when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
+
+
 def _set_key(cfg: Config, dotted: str, value: Any, source: str) -> None:
     parts = dotted.split(".")
     if len(parts) != 2 or not all(parts):
@@ -407,12 +415,14 @@ def _set_key(cfg: Config, dotted: str, value: Any, source: str) -> None:
     section_name, key = parts
     if section_name not in SECTIONS:
         raise ConfigError(
-            f"unknown config section '{section_name}' ({source}); sections: {', '.join(SECTIONS)}"
+            f"unknown config section '{section_name}' ({source}){_did_you_mean(section_name, SECTIONS)}; "
+            f"sections: {', '.join(SECTIONS)}"
         )
     section = getattr(cfg, section_name)
     hints = _section_types(type(section))
     if key not in hints:
-        raise ConfigError(f"unknown config key '{dotted}' ({source})")
+        raise ConfigError(f"unknown config key '{dotted}' ({source})"
+                          f"{_did_you_mean(key, hints, prefix=section_name + '.')}")
     converted = _coerce(dotted, value, hints[key])
     choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(section)}[key]
     if choices and converted not in choices:
