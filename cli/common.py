@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from typer._click.exceptions import ClickException
 
-from dyembed.config import Config, load_config
+from dyembed.config import Config, resolve_workdir_config
 from dyembed.errors import EXIT_UNEXPECTED, DyembedError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -130,11 +130,9 @@ def resolve_config(
     flags: dict[str, Any] | None = None,
     workdir: Path | None = None,
 ) -> Config:
-    """Defaults < config file (or the work dir's saved config.toml when none is given) < flags < --set."""
-    path = config
-    if path is None and workdir is not None and (Path(workdir) / "config.toml").is_file():
-        path = Path(workdir) / "config.toml"
-    return load_config(path, overrides=sets, flags=flags)
+    """Defaults < config file (or the work dir's saved config.toml when none is given) < flags < --set
+    (dyembed.config.resolve_workdir_config: the rule dyembed.Workdir uses too)."""
+    return resolve_workdir_config(config, sets, flags, workdir)
 
 
 def show_progress() -> bool:

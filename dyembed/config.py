@@ -495,6 +495,19 @@ def load_config(
     return cfg
 
 
+def resolve_workdir_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+    workdir: str | Path | None = None,
+) -> Config:
+    """What every command and dyembed.Workdir use: defaults < `path` (or, when none is given, the
+    work dir's saved config.toml) < flags < `--set` overrides."""
+    if path is None and workdir is not None and (Path(workdir) / "config.toml").is_file():
+        path = Path(workdir) / "config.toml"
+    return load_config(path, overrides=overrides, flags=flags)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

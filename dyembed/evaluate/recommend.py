@@ -80,13 +80,20 @@ def _user_index(workdir: Path) -> dict[str, int]:
     return dict(zip(table.column("user_id").to_pylist(), table.column("user_idx").to_pylist()))
 
 
+def output_schema():
+    """The Arrow schema of recommend's rows (files, and the Python API's tables)."""
+    import pyarrow as pa
+
+    return pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
+                      ("score", pa.float32()), ("text", pa.string()), ("cold_start", pa.bool_()),
+                      ("unknown", pa.bool_())])
+
+
 def _writer(path: Path, fmt: str):
     """A (write(rows dict of columns), close()) pair for the output format."""
     import pyarrow as pa
 
-    schema = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
-                        ("score", pa.float32()), ("text", pa.string()), ("cold_start", pa.bool_()),
-                        ("unknown", pa.bool_())])
+    schema = output_schema()
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
