@@ -135,6 +135,7 @@ def register(app: typer.Typer) -> None:
         dump_ranks: Annotated[Path | None, typer.Option("--dump-ranks", help="Parquet of (model, user_id, item_id, ts, rank) per test event.")] = None,
         plot: Annotated[Path | None, typer.Option("--plot", help="PNG: metrics vs K, and dynamic vs static NDCG@10 over test time.")] = None,
         device: DeviceOpt = None,
+        tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="TensorBoard log dir (train.tensorboard): metrics, state version and hyper-parameters under DIR/evaluate.")] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
@@ -144,7 +145,8 @@ def register(app: typer.Typer) -> None:
         start = parse_test_start(test_start)
         flags = {"evaluate.protocol": protocol, "evaluate.test_fraction": test_fraction, "evaluate.test_start": start,
                  "evaluate.ks": list(k) if k else None, "evaluate.mask_seen": mask_seen,
-                 "evaluate.baselines": parse_baselines(baselines), "runtime.device": device}
+                 "evaluate.baselines": parse_baselines(baselines), "runtime.device": device,
+                 "train.tensorboard": str(tensorboard) if tensorboard else None}
         cfg = resolve_config(config, set_, flags, workdir)
         bars: dict[str, Any] = {}
 

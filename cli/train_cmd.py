@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool, typer.Option("--resume", help="Replay only events newer than the state's watermark.")] = False,
         update_global: Annotated[bool, typer.Option("--update-global", help="With --resume: also update θ on the new events.")] = False,
         device: DeviceOpt = None,
-        tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="Write loss / validation scalars for TensorBoard here.")] = None,
+        tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="TensorBoard log dir (train.tensorboard): loss / validation scalars and hyper-parameters under DIR/train.")] = None,
         json_out: JsonOpt = False,
         json_file: JsonFileOpt = None,
         config: ConfigOpt = None,

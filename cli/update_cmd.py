@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
         json_file: JsonFileOpt = None,
         device: DeviceOpt = None,
+        tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="TensorBoard log dir (train.tensorboard): metrics, state version and hyper-parameters under DIR/update.")] = None,
         wait: Annotated[float | None, typer.Option("--wait", help="Seconds to wait for another run's lock (default: fail at once, exit 4).")] = None,
         keep: Annotated[int | None, typer.Option("--keep", help="Previous state versions to keep (runtime.keep_states).")] = None,
         hash_user_ids: Annotated[str | None, typer.Option("--hash-user-ids", metavar="SALT", show_default=False, help="The salt the work dir was preprocessed with (--hash-user-ids); default: $DYEMBED_USER_ID_SALT, which keeps it out of the crontab line. Never stored.")] = None,
@@ -65,7 +66,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("must be >= 0", param_hint="--wait")
         if keep is not None and keep < 1:
             raise typer.BadParameter("must be >= 1", param_hint="--keep")
-        flags: dict[str, Any] = {"runtime.lock_wait": wait, "runtime.device": device}
+        flags: dict[str, Any] = {"runtime.lock_wait": wait, "runtime.device": device,
+                                 "train.tensorboard": str(tensorboard) if tensorboard else None}
         if keep is not None:
             flags["runtime.keep_states"] = keep
         cfg = resolve_config(config, set_, flags, workdir)

@@ -220,6 +220,8 @@ def _encode(workdir: str | Path, cfg: Config, *, model: str | None, progress: Pr
     if adapt_report is not None:
         summary["adapt"] = adapt_report
     summary["seconds"] = round(time.perf_counter() - started, 3)
+    from dyembed.tracking import library_versions
+
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "fingerprint_id": fp_id,
@@ -229,6 +231,7 @@ def _encode(workdir: str | Path, cfg: Config, *, model: str | None, progress: Pr
         "counts": counts,
         "items_file": file_record(workdir / ITEMS_FILE),
         "output": EMBEDDINGS_FILE,
+        "libraries": library_versions(),
         "summary": summary,
     }
     # the vectors and the manifest that describes them are replaced together (all or nothing)
