@@ -189,7 +189,7 @@ def main() -> None:
                 split += ["--set", f"evaluate.test_fraction={args.temporal_fraction}"]
             if not args.skip_train:
                 tj = logs / f"train-{protocol}.json"
-                t = run(f"train-{protocol}", ["--quiet", "train", str(args.work), "--epochs", str(args.epochs), "--json", str(tj)]
+                t = run(f"train-{protocol}", ["--quiet", "train", str(args.work), "--epochs", str(args.epochs), "--json-file", str(tj)]
                         + [x for s in train_sets for x in ("--set", s)] + split + common, logs)
                 summary = json.loads(tj.read_text())
                 t.update({k: summary.get(k) for k in ("train_events", "validation_events", "test_events", "epochs_run",
@@ -201,7 +201,7 @@ def main() -> None:
             if args.skip_evaluate:
                 continue
             ej = logs / f"evaluate-{protocol}.json"
-            e = run(f"evaluate-{protocol}", ["--quiet", "evaluate", str(args.work), "--json", str(ej),
+            e = run(f"evaluate-{protocol}", ["--quiet", "evaluate", str(args.work), "--json-file", str(ej),
                                              "--baselines", args.baselines or "none"] + split + common, logs)
             rep = json.loads(ej.read_text())
             n_test = rep["counts"]["test_events"]

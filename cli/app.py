@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Annotated
 
@@ -12,31 +13,43 @@ from dyembed import __version__
 from dyembed_cli import common
 from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, export_cmd, preprocess_cmd, state_cmd, synth_cmd, train_cmd, update_cmd
 
+REMOTE = re.compile(r"(^|=)[a-zA-Z][a-zA-Z0-9+.-]+://")  # a URL as an argument or a --set value
 
-class _OneLineErrors(TyperGroup):
-    """Usage errors (unknown option, bad value, missing argument) as one `error: …` line, exit 2,
-    like every other error (typer would draw a box over several lines)."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
-        try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except typer.TyperException as exc:  # click's usage errors (typer vendors click)
-            message = " ".join(exc.format_message().split())
-            ctx = getattr(exc, "ctx", None)
-            if message:  # (no arguments at all: the help was shown, nothing to add)
-                hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-                sys.stderr.write(f"error: {message}{hint}\n")
-            sys.exit(exc.exit_code)
+class OneLineErrors(TyperGroup):
+    """Usage errors (bad flag, bad value, missing argument) as ONE line `error: …` on stderr, exit 2,
+    like every other error of dyembed (instead of click's usage block)."""
+
+    def main(self, *args, standalone_mode: bool = True, **extra):
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
         if not standalone_mode:
-            return rv
-        sys.exit(rv if isinstance(rv, int) else 0)
+            return super().main(*args, standalone_mode=False, **extra)
+        argv = extra.get("args", args[0] if args else None)
+        remote = next((a for a in (sys.argv[1:] if argv is None else argv) if REMOTE.search(str(a))), None)
+        if remote is not None:
+            common.err.print(f"error: {remote}: remote URLs (s3://, gs://, http://, …) are not supported; dyembed "
+                             "reads and writes local paths: copy the file here first (e.g. `aws s3 cp`)", markup=False)
+            sys.exit(2)
+        try:
+            code = super().main(*args, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:  # `dyembed` / `dyembed state` alone: the help, exit 2
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            where = f"; see `{exc.ctx.command_path} --help`" if getattr(exc, "ctx", None) is not None else ""
+            text = " ".join(exc.format_message().split()).rstrip(".")
+            common.err.print(f"error: {text}{where}", markup=False)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            common.err.print("error: aborted", markup=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 app = typer.Typer(
     name="dyembed",
-    cls=_OneLineErrors,
+    cls=OneLineErrors,
     help="Dynamic user interest embeddings: preprocess logs, encode item texts with a language model, "
     "replay events through per-user online updates, and evaluate Recall@K / NDCG@K.",
     no_args_is_help=True,
@@ -55,7 +68,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or notes; errors only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or notes: only warnings and errors (stderr) and --json output.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Info-level logs on stderr.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     log_format: Annotated[str, typer.Option("--log-format", help="Log lines on stderr as text or json.")] = "text",
@@ -66,6 +79,7 @@ def main_options(
     common.GLOBALS.verbose = verbose
     common.GLOBALS.debug = debug
     common.GLOBALS.log_format = log_format
+    common.out.quiet = quiet  # every table goes through `out`: --quiet silences them all at once
 
 
 for module in (synth_cmd, preprocess_cmd, encode_cmd, train_cmd, evaluate_cmd, update_cmd, state_cmd, export_cmd, demo_cmd):

@@ -14,9 +14,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer._click.exceptions import ClickException
 
-from dyembed.config import Config, load_config
-from dyembed.errors import EXIT_STATE, EXIT_UNEXPECTED, EXIT_USAGE, DyembedError
+from dyembed.config import Config, resolve_workdir_config
+from dyembed.errors import EXIT_STATE, EXIT_UNEXPECTED, DyembedError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,13 +31,38 @@ class Globals:
 
 
 GLOBALS = Globals()
-# tables go to stdout, messages and progress to stderr (so `--json -` stays clean for scripts)
+# tables go to stdout, messages and progress to stderr (so `--json` stays clean for scripts)
 # (a file or pipe gets a wide table instead of rich's 80-column default)
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file (defaults < file < flags < --set).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any key: --set model.dim=32 (repeatable).")]
+
+
+def cfg_default(key: str) -> str:
+    """What `--help` shows as the default of a flag that sets config `key` (its built-in value;
+    the work dir's config.toml / --config / --set may change it)."""
+    section, name = key.split(".")
+    value = getattr(getattr(Config(), section), name)
+    shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+    return f"{key} = {shown}"
+
+
+# the same meaning in every command: ONE line of JSON on stdout and nothing else there (scripts: `| jq`)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as ONE line of JSON on stdout (nothing else on stdout).")]
+JsonFileOpt = Annotated[Path | None, typer.Option("--json-file", help="Also write the result as JSON to this file.")]
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is not None and value not in DEVICES:
+        raise typer.BadParameter(f"must be one of {', '.join(DEVICES)}; got {value!r}", param_hint="--device")
+    return value
+
+
+DeviceOpt = Annotated[str | None, typer.Option("--device", callback=_check_device, show_default=cfg_default("runtime.device"),
+                                               help="Where TensorFlow runs: auto | cpu | gpu (runtime.device).")]
 
 
 class _JsonLogFormatter(logging.Formatter):
@@ -113,10 +139,10 @@ def guarded(fn: F) -> F:
             if GLOBALS.debug:
                 _debug_traceback()
             raise fail(str(exc), exc.exit_code) from None
-        except typer.BadParameter as exc:
+        except ClickException:  # a usage error (BadParameter …): one line, exit 2, by app.OneLineErrors
             if GLOBALS.debug:
                 _debug_traceback()
-            raise fail(" ".join(exc.format_message().split()), EXIT_USAGE) from None
+            raise
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except OSError as exc:
@@ -142,11 +168,9 @@ def resolve_config(
     flags: dict[str, Any] | None = None,
     workdir: Path | None = None,
 ) -> Config:
-    """Defaults < config file (or the work dir's saved config.toml when none is given) < flags < --set."""
-    path = config
-    if path is None and workdir is not None and (Path(workdir) / "config.toml").is_file():
-        path = Path(workdir) / "config.toml"
-    return load_config(path, overrides=sets, flags=flags)
+    """Defaults < config file (or the work dir's saved config.toml when none is given) < flags < --set
+    (dyembed.config.resolve_workdir_config: the rule dyembed.Workdir uses too)."""
+    return resolve_workdir_config(config, sets, flags, workdir)
 
 
 def show_progress() -> bool:
@@ -158,6 +182,24 @@ def progress_bar(total: int | None, desc: str, unit: str = "it"):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not show_progress(), file=sys.stderr, dynamic_ncols=True)
+
+
+def emit_json(result: dict[str, Any], to_stdout: bool, path: Path | None = None) -> bool:
+    """--json-file FILE: write it there; --json: one line on stdout. True when the human output is to be skipped."""
+    import json
+
+    if path is not None:
+        from dyembed.artefacts import write_json
+
+        write_json(path, result)
+    if to_stdout:
+        typer.echo(json.dumps(result, default=str, separators=(",", ":")))
+    return to_stdout
+
+
+def warn(message: str) -> None:
+    """A one-line `warning: …` on stderr (shown even with --quiet)."""
+    err.print(f"warning: {message}", markup=False)
 
 
 def note(message: str) -> None:

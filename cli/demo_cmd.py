@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, SetOpt, check_output, guarded, note, resolve_config
+from dyembed_cli.common import ConfigOpt, DeviceOpt, SetOpt, check_output, guarded, note, resolve_config
 
 
 
@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for the demo's raw data, work dir and metrics.json.")] = Path("dyembed-demo"),
         model: Annotated[str | None, typer.Option("--model", help="Local model directory or hub id (else $DYEMBED_MODEL, else the config's encoder).")] = None,
+        device: DeviceOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
@@ -43,7 +44,7 @@ def register(app: typer.Typer) -> None:
         check_output(out_dir, "--out", kind="dir")
         from dyembed_cli.evaluate_cmd import render_report
 
-        cfg = resolve_config(config or Path("demo"), set_)  # the built-in configs/demo.toml
+        cfg = resolve_config(config or Path("demo"), set_, {"runtime.device": device})  # the built-in configs/demo.toml
         note(f"dyembed demo → {out_dir}")
         result = run_demo(out_dir, cfg, model=model, on_step=lambda name, s: note(_step_line(name, s)))
         render_report(result["report"])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dyembed_cli.common import GLOBALS, ConfigOpt, SetOpt, check_output, guarded, note, out, progress_bar, resolve_config
+from dyembed_cli.common import (GLOBALS, ConfigOpt, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, cfg_default, check_output, emit_json, guarded,
+                                note, out, progress_bar, resolve_config)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,10 +16,12 @@ def register(app: typer.Typer) -> None:
     @guarded
     def encode(
         workdir: Annotated[Path, typer.Argument(help="Work directory with items.parquet (from `dyembed preprocess`).")],
-        model: Annotated[str | None, typer.Option("--model", "-m", help="Local model directory or cached hub id, or 'hashing' (else $DYEMBED_MODEL, else encode.encoder).")] = None,
-        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Texts per forward pass (halved automatically on out-of-memory).")] = None,
-        adapt_steps: Annotated[int | None, typer.Option("--adapt-steps", help="Masked-LM steps on the item texts before encoding (0: off).")] = None,
-        json_path: Annotated[str | None, typer.Option("--json", help="Also write the summary as JSON to this file ('-' = stdout).")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", show_default=cfg_default("encode.encoder"), help="Local model directory or cached hub id, or 'hashing' (else $DYEMBED_MODEL, else encode.encoder).")] = None,
+        batch_size: Annotated[int | None, typer.Option("--batch-size", show_default=cfg_default("encode.batch_size"), help="Texts per forward pass (halved automatically on out-of-memory).")] = None,
+        adapt_steps: Annotated[int | None, typer.Option("--adapt-steps", show_default=cfg_default("encode.adapt_steps"), help="Masked-LM steps on the item texts before encoding (0: off).")] = None,
+        json_out: JsonOpt = False,
+        json_file: JsonFileOpt = None,
+        device: DeviceOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
@@ -28,9 +30,9 @@ def register(app: typer.Typer) -> None:
 
         from dyembed.encode.run import encode as run_encode
 
-        check_output(json_path, "--json")
+        check_output(json_file, "--json-file")
 
-        flags = {"encode.batch_size": batch_size, "encode.adapt_steps": adapt_steps}
+        flags = {"encode.batch_size": batch_size, "encode.adapt_steps": adapt_steps, "runtime.device": device}
         cfg = resolve_config(config, set_, flags, workdir)
         with progress_bar(None, "encode", unit="item") as bar:
             def report(done: int, total: int) -> None:
@@ -42,14 +44,7 @@ def register(app: typer.Typer) -> None:
             summary = run_encode(workdir, cfg, model=model, progress=report)
         if summary.get("fallback_reason"):
             note(f"note: fell back to the hashing encoder: {summary['fallback_reason']}")
-        if json_path == "-":
-            out.print_json(json.dumps(summary, default=str))
-            return
-        if json_path:
-            from dyembed.artefacts import write_json
-
-            write_json(json_path, summary)
-        if GLOBALS.quiet:
+        if emit_json(summary, json_out, json_file) or GLOBALS.quiet:
             return
         table = Table(title=f"encode {workdir}", show_header=False)
         rows = [

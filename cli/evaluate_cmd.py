@@ -8,7 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, SetOpt, check_output, err, guarded, note, out, progress_bar, resolve_config
+from dyembed_cli.common import (GLOBALS, ConfigOpt, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, cfg_default, check_output, emit_json, err,
+                                guarded, note, out, progress_bar, resolve_config, warn)
+
+# one flag, one key, one rule (dyembed/masking.py) for evaluate and recommend
+MaskSeenOpt = Annotated[str | None, typer.Option(
+    "--mask-seen", show_default=cfg_default("evaluate.mask_seen"),
+    help="Seen items (the user's earlier items) left out of the ranking: auto (yes unless >= evaluate.repeat_threshold "
+         "of the events repeat an earlier item of their user), on or off.")]
 
 MODEL_ORDER = ["dyembed", "frozen", "static", "history-mean", "pop", "recent-pop", "random"]
 
@@ -100,13 +107,13 @@ def render_report(report: dict[str, Any], console=None) -> None:
 def _render_recommendations(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"top-{summary['k']}" + (" (seen items excluded)" if summary["exclude_seen"] else ""),
-                  title_justify="left")
+    title = f"top-{summary['k']} · seen items " + ("excluded" if summary["exclude_seen"] else "kept")
+    table = Table(title=title + f" ({summary['mask_seen']['reason']})", title_justify="left")
     for col, kw in (("user", {}), ("#", {"justify": "right"}), ("item", {}), ("score", {"justify": "right"}),
                     ("text", {"overflow": "ellipsis", "max_width": 60})):
         table.add_column(col, **kw)
     for row in summary["rows"]:
-        user = row["user_id"] + (" (cold start)" if row["cold_start"] else "")
+        user = row["user_id"] + (" (unknown id, cold start)" if row["unknown"] else " (cold start)" if row["cold_start"] else "")
         table.add_row(user if row["rank"] == 1 else "", str(row["rank"]), str(row["item_id"]),
                       f"{row['score']:.3f}", row["text"])
     out.print(table)
@@ -117,28 +124,32 @@ def register(app: typer.Typer) -> None:
     @guarded
     def evaluate_command(
         workdir: Annotated[Path, typer.Argument(help="Work directory (after `dyembed train`).")],
-        protocol: Annotated[str | None, typer.Option("--protocol", help="loo (leave-last-out) or temporal (global cut, prequential).")] = None,
-        test_fraction: Annotated[float | None, typer.Option("--test-fraction", help="temporal: last fraction of events that is test.")] = None,
+        protocol: Annotated[str | None, typer.Option("--protocol", show_default=cfg_default("evaluate.protocol"), help="loo (leave-last-out) or temporal (global cut, prequential).")] = None,
+        test_fraction: Annotated[float | None, typer.Option("--test-fraction", show_default=cfg_default("evaluate.test_fraction"), help="temporal: last fraction of events that is test.")] = None,
         test_start: Annotated[str | None, typer.Option("--test-start", help="temporal: cut time, unix seconds or ISO date (overrides --test-fraction).")] = None,
-        k: Annotated[list[int] | None, typer.Option("--k", help="Cut-off K (repeatable: --k 10 --k 20).")] = None,
-        mask_seen: Annotated[str | None, typer.Option("--mask-seen", help="auto (masked when < evaluate.repeat_threshold of history events are repeats), on or off.")] = None,
-        baselines: Annotated[list[str] | None, typer.Option("--baselines", help="pop, recent-pop, random, history-mean, static, frozen (comma-separated or repeated; 'none').")] = None,
-        json_out: Annotated[str | None, typer.Option("--json", help="Write the JSON report to FILE ('-' = stdout).")] = None,
+        k: Annotated[list[int] | None, typer.Option("--k", min=1, show_default=cfg_default("evaluate.ks"), help="Cut-off K, a positive integer (repeatable: --k 10 --k 20).")] = None,
+        mask_seen: MaskSeenOpt = None,
+        baselines: Annotated[list[str] | None, typer.Option("--baselines", show_default=cfg_default("evaluate.baselines"), help="pop, recent-pop, random, history-mean, static, frozen (comma-separated or repeated; 'none').")] = None,
+        json_out: JsonOpt = False,
+        json_file: Annotated[Path | None, typer.Option("--json-file", help="Write the JSON report (metrics.json) to this file.")] = None,
         dump_ranks: Annotated[Path | None, typer.Option("--dump-ranks", help="Parquet of (model, user_id, item_id, ts, rank) per test event.")] = None,
         plot: Annotated[Path | None, typer.Option("--plot", help="PNG: metrics vs K, and dynamic vs static NDCG@10 over test time.")] = None,
+        device: DeviceOpt = None,
+        tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="TensorBoard log dir (train.tensorboard): metrics, state version and hyper-parameters under DIR/evaluate.")] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
         """Rank every test event over the full catalogue with the dynamic model and baselines; report Recall/NDCG/MRR."""
         from dyembed.evaluate.run import evaluate
 
-        for flag, path in (("--json", json_out), ("--dump-ranks", dump_ranks), ("--plot", plot)):
+        for flag, path in (("--json-file", json_file), ("--dump-ranks", dump_ranks), ("--plot", plot)):
             check_output(path, flag)
 
         start = parse_test_start(test_start)
         flags = {"evaluate.protocol": protocol, "evaluate.test_fraction": test_fraction, "evaluate.test_start": start,
                  "evaluate.ks": list(k) if k else None, "evaluate.mask_seen": mask_seen,
-                 "evaluate.baselines": parse_baselines(baselines)}
+                 "evaluate.baselines": parse_baselines(baselines), "runtime.device": device,
+                 "train.tensorboard": str(tensorboard) if tensorboard else None}
         cfg = resolve_config(config, set_, flags, workdir)
         bars: dict[str, Any] = {}
 
@@ -150,21 +161,18 @@ def register(app: typer.Typer) -> None:
             if done >= total:
                 bar.close()
 
-        to_stdout = json_out == "-"
         try:
-            report = evaluate(workdir, cfg, json_path=None if (json_out is None or to_stdout) else Path(json_out),
-                              dump_ranks=dump_ranks, plot=plot, progress=progress)
+            report = evaluate(workdir, cfg, json_path=json_file, dump_ranks=dump_ranks, plot=plot, progress=progress)
         finally:
             for bar in bars.values():
                 bar.close()
-        if to_stdout:
+        if json_out:
             from dyembed.evaluate.report import jsonable
 
-            render_report(report, console=err)
-            typer.echo(json.dumps(jsonable(report), indent=2))
+            emit_json(jsonable(report), True)
         else:
             render_report(report)
-        for what, path in (("JSON report", json_out if not to_stdout else None), ("ranks", dump_ranks), ("plot", plot)):
+        for what, path in (("JSON report", json_file), ("ranks", dump_ranks), ("plot", plot)):
             if path is not None:
                 note(f"{what} written to {path}")
 
@@ -174,20 +182,34 @@ def register(app: typer.Typer) -> None:
         workdir: Annotated[Path, typer.Argument(help="Work directory (after `dyembed train`).")],
         user: Annotated[list[str] | None, typer.Option("--user", "-u", help="User id (repeatable).")] = None,
         users_file: Annotated[Path | None, typer.Option("--users-file", help="File with one user id per line.")] = None,
-        k: Annotated[int, typer.Option("--k", help="Number of items per user.")] = 10,
-        exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Leave out items the user already interacted with.")] = False,
+        k: Annotated[int, typer.Option("--k", min=1, help="Number of items per user, a positive integer.")] = 10,
+        mask_seen: MaskSeenOpt = None,
+        exclude_seen: Annotated[bool, typer.Option("--exclude-seen", hidden=True, help="Deprecated: --mask-seen on.")] = False,
+        allow_unknown: Annotated[bool, typer.Option("--allow-unknown", help="List unknown user ids with the cold-start list (unknown = true) instead of failing with exit 3.")] = False,
         out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write all rows to FILE.parquet, .csv or .jsonl (needed for all users).")] = None,
-        hash_user_ids: Annotated[str | None, typer.Option("--hash-user-ids", metavar="SALT", show_default=False, help="Work dir preprocessed with --hash-user-ids: its salt (default $DYEMBED_USER_ID_SALT), so --user / --users-file may give raw ids; output shows the hashed ids.")] = None,
+        json_out: JsonOpt = False,
+        json_file: JsonFileOpt = None,
+        hash_user_ids: Annotated[str | None, typer.Option("--hash-user-ids", metavar="SALT", show_default=False, help="Required for a work dir preprocessed with --hash-user-ids: its salt (default $DYEMBED_USER_ID_SALT); --user / --users-file may then give raw ids; output shows the hashed ids only.")] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
-        """Top-K items for users from the current state (no --user/--users-file: every user, streamed to --out)."""
+        """Top-K items for users from the current state (no --user/--users-file: every user, streamed to --out).
+
+        Seen items are masked by the same rule and key as evaluate (--mask-seen, evaluate.mask_seen).
+        Unknown user ids: exit 3, or --allow-unknown. No TensorFlow is imported."""
         import os
 
         from dyembed.evaluate.recommend import recommend
         from dyembed.preprocess.pseudonym import salt_from
 
-        cfg = resolve_config(config, set_, None, workdir)
+        if exclude_seen:
+            if mask_seen not in (None, "on"):
+                raise typer.BadParameter("--exclude-seen (deprecated) means --mask-seen on; give one of them",
+                                         param_hint="--exclude-seen")
+            warn("--exclude-seen is deprecated; use --mask-seen on (or the default auto, evaluate's rule)")
+            mask_seen = "on"
+        check_output(json_file, "--json-file")
+        cfg = resolve_config(config, set_, {"evaluate.mask_seen": mask_seen}, workdir)
         salt = salt_from(hash_user_ids, os.environ)  # hashed user ids (owner: preprocess)
         bar = None
 
@@ -198,14 +220,16 @@ def register(app: typer.Typer) -> None:
             bar.update(done - bar.n)
 
         try:
-            summary = recommend(workdir, cfg, user_ids=user, users_file=users_file, k=k, exclude_seen=exclude_seen,
+            summary = recommend(workdir, cfg, user_ids=user, users_file=users_file, k=k, allow_unknown=allow_unknown,
                                 out=out_file, progress=progress if out_file is not None else None, user_id_salt=salt)
         finally:
             if bar is not None:
                 bar.close()
+        if emit_json(summary, json_out, json_file):
+            return
         for line in summary["notes"]:
             note(f"note: {line}")
-        if out_file is None or (user and summary["users"] <= 50):
+        if not GLOBALS.quiet and (out_file is None or (user and summary["users"] <= 50)):
             _render_recommendations(summary)
         if out_file is not None:
             note(f"wrote {summary['rows_written']:,} rows for {summary['users']:,} users to {out_file}")

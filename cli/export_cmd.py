@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dyembed_cli.common import guarded, note, out
+from dyembed_cli.common import JsonFileOpt, JsonOpt, check_output, emit_json, guarded, note, out
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +19,8 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Replace an earlier export at --out.")] = False,
         faiss: Annotated[bool, typer.Option("--faiss/--no-faiss", help="Also write ann/items.faiss when faiss-cpu is installed.")] = True,
         hashed_ids: Annotated[bool, typer.Option("--hashed-ids", help="Export a work dir preprocessed with --hash-user-ids (requests must carry the pseudonyms).")] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the summary as ONE line of JSON on stdout (nothing else).")] = False,
+        json_out: JsonOpt = False,
+        json_file: JsonFileOpt = None,
     ) -> None:
         """Write a TensorFlow SavedModel (recommend, update_and_recommend, embed_items) and ANN tables.
 
@@ -29,9 +29,9 @@ def register(app: typer.Typer) -> None:
         """
         from dyembed.export.run import export
 
+        check_output(json_file, "--json-file")
         summary = export(workdir, out_dir, force=force, faiss=faiss, hashed_ids=hashed_ids)
-        if json_out:
-            typer.echo(json.dumps(summary))
+        if emit_json(summary, json_out, json_file):
             return
         for line in summary.get("notes", []):
             note(f"note: {line}")

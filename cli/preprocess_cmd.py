@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, SetOpt, GLOBALS, guarded, note, out, progress_bar, resolve_config
+from dyembed_cli.common import GLOBALS, ConfigOpt, JsonFileOpt, JsonOpt, SetOpt, emit_json, guarded, note, out, progress_bar, resolve_config
 
 FORMATS = "generic, synth, movielens-100k, movielens-1m, movielens-latest, amazon-2018, mind, recbole"
 
@@ -54,6 +54,8 @@ def register(app: typer.Typer) -> None:
         append: Annotated[bool, typer.Option("--append", help="Add a newer log to an existing work dir (stable ids).")] = False,
         allow_late: Annotated[str | None, typer.Option("--allow-late", help="With --append, events older than the watermark: drop (quarantine as out_of_order), keep (merge at their time), clamp (move to the watermark).")] = None,
         hash_user_ids: Annotated[str | None, typer.Option("--hash-user-ids", metavar="SALT", show_default=False, help="Replace every user id by a keyed hash (HMAC-SHA256 with this secret salt) in every artefact; --append needs the same salt. Default: $DYEMBED_USER_ID_SALT when set (keeps the salt off the command line). The salt is never stored.")] = None,
+        json_out: JsonOpt = False,
+        json_file: JsonFileOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
@@ -79,6 +81,8 @@ def register(app: typer.Typer) -> None:
         with progress_bar(None, "preprocess", unit="row") as bar:
             summary = run_preprocess(workdir, cfg, append=append, allow_late=allow_late, progress=lambda n: bar.update(n - bar.n),
                                      user_id_salt=salt)
+        if emit_json(summary, json_out, json_file):
+            return
         if not GLOBALS.quiet:
             render_summary(summary)
         note(f"wrote {summary['total_events']:,} events, {summary['users']:,} users, {summary['items']:,} items to {workdir}")

@@ -8,9 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import GLOBALS, guarded, note, out
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as ONE line of JSON on stdout.")]
+from dyembed_cli.common import GLOBALS, JsonOpt, guarded, note, out
 
 
 def _table(rows: list[dict[str, Any]], title: str, checks: bool):

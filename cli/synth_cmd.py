@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, SetOpt, check_output, guarded, note, progress_bar, resolve_config
+from dyembed_cli.common import ConfigOpt, SetOpt, cfg_default, check_output, guarded, note, progress_bar, resolve_config
 
 
 def register(app: typer.Typer) -> None:
@@ -15,12 +15,12 @@ def register(app: typer.Typer) -> None:
     @guarded
     def synth(
         out: Annotated[Path, typer.Option("--out", "-o", help="Directory for events.csv, items.jsonl, world.json.")],
-        users: Annotated[int | None, typer.Option(help="Number of users.")] = None,
-        items: Annotated[int | None, typer.Option(help="Number of items.")] = None,
-        events: Annotated[int | None, typer.Option(help="Number of events.")] = None,
-        topics: Annotated[int | None, typer.Option(help="Number of interest topics (at most 16).")] = None,
-        drift_rate: Annotated[float | None, typer.Option(help="Expected interest changes per user.")] = None,
-        seed: Annotated[int | None, typer.Option(help="Random seed (same seed ⇒ byte-identical files).")] = None,
+        users: Annotated[int | None, typer.Option(show_default=cfg_default("synth.users"), help="Number of users.")] = None,
+        items: Annotated[int | None, typer.Option(show_default=cfg_default("synth.items"), help="Number of items.")] = None,
+        events: Annotated[int | None, typer.Option(show_default=cfg_default("synth.events"), help="Number of events.")] = None,
+        topics: Annotated[int | None, typer.Option(show_default=cfg_default("synth.topics"), help="Number of interest topics (at most 16).")] = None,
+        drift_rate: Annotated[float | None, typer.Option(show_default=cfg_default("synth.drift_rate"), help="Expected interest changes per user.")] = None,
+        seed: Annotated[int | None, typer.Option(show_default=cfg_default("synth.seed"), help="Random seed (same seed ⇒ byte-identical files).")] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:

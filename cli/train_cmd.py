@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, SetOpt, check_output, guarded, note, out, progress_bar, resolve_config
+from dyembed_cli.common import (ConfigOpt, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, cfg_default, check_output, emit_json, guarded, note, out,
+                                progress_bar, resolve_config)
 
 
 def render_summary(summary: dict[str, Any]) -> None:
@@ -51,24 +51,23 @@ def register(app: typer.Typer) -> None:
     @guarded
     def train_command(
         workdir: Annotated[Path, typer.Argument(help="Work directory (events.parquet, item_embeddings.parquet).")],
-        epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum number of epochs.")] = None,
+        epochs: Annotated[int | None, typer.Option("--epochs", show_default=cfg_default("train.epochs"), help="Maximum number of epochs.")] = None,
         protocol: Annotated[str | None, typer.Option(
-            "--protocol", help="Split to train and validate on: loo | temporal | none (none: every event is training; "
+            "--protocol", show_default=cfg_default("train.protocol"), help="Split to train and validate on: loo | temporal | none (none: every event is training; "
                                "default: train.protocol, whose 'evaluate' takes [evaluate] protocol).")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Replay only events newer than the state's watermark.")] = False,
         update_global: Annotated[bool, typer.Option("--update-global", help="With --resume: also update θ on the new events.")] = False,
-        device: Annotated[str | None, typer.Option("--device", help="auto | cpu | gpu.")] = None,
-        tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="Write loss / validation scalars for TensorBoard here.")] = None,
-        json_path: Annotated[str | None, typer.Option("--json", help="Also write the summary as JSON to this file ('-' = stdout).")] = None,
+        device: DeviceOpt = None,
+        tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="TensorBoard log dir (train.tensorboard): loss / validation scalars and hyper-parameters under DIR/train.")] = None,
+        json_out: JsonOpt = False,
+        json_file: JsonFileOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
         """Learn the global parameters θ by replaying the training period, and store the users' states."""
         if protocol is not None and protocol not in ("loo", "temporal", "none"):
             raise typer.BadParameter("must be loo, temporal or none", param_hint="--protocol")
-        if device is not None and device not in ("auto", "cpu", "gpu"):
-            raise typer.BadParameter("must be auto, cpu or gpu", param_hint="--device")
-        check_output(json_path, "--json")
+        check_output(json_file, "--json-file")
         check_output(tensorboard, "--tensorboard", kind="dir")
         from dyembed.replay.train import train
 
@@ -95,11 +94,5 @@ def register(app: typer.Typer) -> None:
         finally:
             if bar_state["bar"] is not None:
                 bar_state["bar"].close()
-        if json_path == "-":
-            out.print_json(json.dumps(summary, default=str))
-        else:
-            if json_path:
-                from dyembed.artefacts import write_json
-
-                write_json(json_path, summary)
+        if not emit_json(summary, json_out, json_file):
             render_summary(summary)

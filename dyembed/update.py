@@ -232,6 +232,9 @@ def _update(workdir: Path, cfg: Config, new_log: Path, new_items: Path | None, p
     summary["warnings"] = warnings
     durations["total"] = round(time.perf_counter() - started, 3)
     summary["durations"] = durations
+    from dyembed.tracking import log_update
+
+    log_update(cfg.train.tensorboard, summary, cfg)
     log.info("update %s: %s, %d events added, %d rejected, %d replayed, state version %d", workdir, summary["status"],
              summary["events_added"], summary["events_rejected"], summary["events_replayed"], summary["state_version"])
     return summary

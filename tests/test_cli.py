@@ -36,7 +36,7 @@ def test_bad_config_key_exits_2_naming_the_key(tmp_path):
     bad.write_text("[synth]\nuserz = 3\n")
     result = runner.invoke(app, ["synth", "--out", str(tmp_path / "o"), "--config", str(bad)])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1] == f"error: unknown config key 'synth.userz' ({bad})"
+    assert result.output.strip().splitlines()[-1] == f"error: unknown config key 'synth.userz' ({bad}); did you mean 'synth.users'?"
     assert "Traceback" not in result.output
 
 

@@ -28,7 +28,7 @@ def test_encode_hashing_cli_summary_and_json(tmp_path):
     result = runner.invoke(app, ["encode", str(tmp_path), "--model", "hashing", "--set", "encode.hashing_dim=16"])
     assert result.exit_code == 0, result.output
     assert "encoded now" in result.output and "hashing" in result.output and "16 (float32)" in result.output
-    result = runner.invoke(app, ["encode", str(tmp_path), "--model", "hashing", "--set", "encode.hashing_dim=16", "--json", "-"])
+    result = runner.invoke(app, ["encode", str(tmp_path), "--model", "hashing", "--set", "encode.hashing_dim=16", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # logs and notes go to stderr
     assert summary["items_encoded"] == 0 and summary["items_reused"] == len(TITLES) and summary["dim"] == 16
@@ -40,7 +40,7 @@ def test_encode_tiny_model_cli_and_workdir_config(tmp_path):
     write_items(work)
     # the work dir's config.toml (written by preprocess) is the base config when --config is absent
     (work / "config.toml").write_text(f'[encode]\nencoder = "hf:{model}"\nbatch_size = 3\n')
-    result = runner.invoke(app, ["--quiet", "encode", str(work), "--json", str(tmp_path / "s.json")])
+    result = runner.invoke(app, ["--quiet", "encode", str(work), "--json-file", str(tmp_path / "s.json")])
     assert result.exit_code == 0, result.output
     assert result.output == ""
     summary = json.loads((tmp_path / "s.json").read_text())

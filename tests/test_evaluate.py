@@ -292,12 +292,12 @@ def test_evaluate_cli_json_to_stdout(loo_workdir):
     import json
 
     result = invoke("evaluate", loo_workdir, "--protocol", "loo", "--k", "5", "--k", "10",
-                    "--baselines", "pop,random", "--json", "-")
+                    "--baselines", "pop,random", "--json")
     assert result.exit_code == 0, result.output
-    stdout = result.stdout
-    report = json.loads(stdout[stdout.index("{"):])
+    assert result.stdout.count("\n") == 1  # --json: ONE line of JSON on stdout, nothing else (every command)
+    report = json.loads(result.stdout)
     assert list(report["models"]) == ["dyembed", "pop", "random"] and report["ks"] == [5, 10]
-    assert "seen items masked: yes" in result.stderr and "random" in result.stderr  # the table, on stderr
+    assert "┃" not in result.output  # no table
 
 
 @pytest.mark.slow

@@ -120,8 +120,8 @@ def test_no_raw_id_and_no_salt_in_any_file_or_output(raw, tmp_path):
         ["-v", "preprocess", str(work), "-c", str(raw / "config.toml"), "--events", str(raw / "base.csv"),
          "--items", str(raw / "items.jsonl"), "--hash-user-ids", SALT],
         ["-v", "encode", str(work)],
-        ["-v", "train", str(work), "--json", str(out / "train.json")],
-        ["-v", "evaluate", str(work), "--dump-ranks", str(out / "ranks.parquet"), "--json", str(out / "report.json")],
+        ["-v", "train", str(work), "--json-file", str(out / "train.json")],
+        ["-v", "evaluate", str(work), "--dump-ranks", str(out / "ranks.parquet"), "--json-file", str(out / "report.json")],
         ["-v", "recommend", str(work), "--out", str(out / "all.jsonl")],
         ["-v", "--log-format", "json", "update", str(work), "--new-log", str(raw / "new.csv"), "--json"],
         # default log level too (warnings + notes), and the already-applied path
@@ -147,12 +147,24 @@ def test_no_raw_id_and_no_salt_in_any_file_or_output(raw, tmp_path):
     assert set(pacsv.read_csv(out / "all.csv").column("user_id").to_pylist()) == set(users)
     # one user by pseudonym, and by raw id with the salt: the same list, shown with the pseudonym
     pseudonym = reference(SALT, raw_ids[0])
-    by_hash = cli(["-v", "recommend", str(work), "--user", pseudonym, "--k", "3"])
+    by_hash = cli(["-v", "recommend", str(work), "--user", pseudonym, "--k", "3"], env=env)
     by_raw = cli(["-v", "recommend", str(work), "--user", raw_ids[0], "--k", "3"], env=env)
     assert by_hash.exit_code == by_raw.exit_code == 0, by_raw.output
     assert pseudonym in users and pseudonym in by_raw.stdout and "cold start" not in by_raw.stdout
     assert by_hash.stdout == by_raw.stdout
-    outputs += [by_hash.output, by_raw.output]
+    # without the salt recommend refuses (exit 2), even for stored pseudonyms, before reading anything
+    no_salt = cli(["recommend", str(work), "--user", pseudonym, "--k", "3"])
+    assert no_salt.exit_code == 2 and no_salt.stdout == ""
+    assert no_salt.stderr.startswith(f"error: {work} has hashed user ids")
+    # an unknown id is counted, never echoed (it is a raw id someone typed)
+    unknown = cli(["recommend", str(work), "--user", raw_ids[0], "--user", f"stranger{DOMAIN}", "--k", "3"], env=env)
+    assert unknown.exit_code == 3 and unknown.stdout == ""
+    assert unknown.stderr.strip() == (f"error: 1 of 2 user id(s) not in {work}/users.parquet; check the ids (and the "
+                                      "salt), or pass --allow-unknown to list them with the cold-start list")
+    listed = cli(["recommend", str(work), "--user", f"stranger{DOMAIN}", "--k", "3", "--allow-unknown", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert {r["user_id"] for r in json.loads(listed.stdout)["rows"]} == {reference(SALT, f"stranger{DOMAIN}")}
+    outputs += [by_hash.output, by_raw.output, no_salt.output, unknown.output, listed.output]
     # rejected rows keep their reasons, with pseudonyms and no raw text
     rejected = pq.read_table(work / "rejected.parquet").to_pylist()
     reasons = {r["reason"] for r in rejected}

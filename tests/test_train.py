@@ -160,8 +160,8 @@ def test_cli_train_and_errors(tmp_path):
     assert result.exit_code == 2 and "--resume" in result.output
     result = runner.invoke(app, ["train", str(tmp_path / "nope")])
     assert result.exit_code == 3
-    result = runner.invoke(app, ["train", str(wd), "--resume", "--json", "-", *sets])
-    assert result.exit_code == 0 and '"new_events": 0' in result.output
+    result = runner.invoke(app, ["train", str(wd), "--resume", "--json", *sets])
+    assert result.exit_code == 0 and json.loads(result.stdout)["new_events"] == 0
 
 
 @pytest.mark.slow

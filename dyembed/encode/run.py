@@ -135,6 +135,10 @@ def _encode(workdir: str | Path, cfg: Config, *, model: str | None, progress: Pr
 
     fallback_reason = None
     adapt_report = None
+    if spec.startswith("hf:"):  # TensorFlow: placed by --device / runtime.device, as in every TF command
+        from dyembed.replay.runtime import configure_runtime
+
+        configure_runtime(cfg.runtime)
     try:
         if spec.startswith("hf:") and ecfg.adapt_steps > 0:
             from dyembed.encode.adapt import adapt
@@ -216,6 +220,8 @@ def _encode(workdir: str | Path, cfg: Config, *, model: str | None, progress: Pr
     if adapt_report is not None:
         summary["adapt"] = adapt_report
     summary["seconds"] = round(time.perf_counter() - started, 3)
+    from dyembed.tracking import library_versions
+
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "fingerprint_id": fp_id,
@@ -225,6 +231,7 @@ def _encode(workdir: str | Path, cfg: Config, *, model: str | None, progress: Pr
         "counts": counts,
         "items_file": file_record(workdir / ITEMS_FILE),
         "output": EMBEDDINGS_FILE,
+        "libraries": library_versions(),
         "summary": summary,
     }
     # the vectors and the manifest that describes them are replaced together (all or nothing)

