@@ -8,7 +8,7 @@ import typer
 
 from dyembed import __version__
 from dyembed_cli import common
-from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, preprocess_cmd, state_cmd, synth_cmd, train_cmd, update_cmd
+from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, preprocess_cmd, state_cmd, synth_cmd, train_cmd, tune_cmd, update_cmd
 
 app = typer.Typer(
     name="dyembed",
@@ -43,7 +43,7 @@ def main_options(
     common.GLOBALS.log_format = log_format
 
 
-for module in (synth_cmd, preprocess_cmd, encode_cmd, train_cmd, evaluate_cmd, update_cmd, state_cmd, demo_cmd):
+for module in (synth_cmd, preprocess_cmd, encode_cmd, train_cmd, tune_cmd, evaluate_cmd, update_cmd, state_cmd, demo_cmd):
     module.register(app)
 
 
