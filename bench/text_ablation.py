@@ -2,7 +2,7 @@
 
     nice -n 10 .venv/bin/python bench/text_ablation.py run  --datasets amazon-magazine-2018 ml-100k
     nice -n 10 .venv/bin/python bench/text_ablation.py tune --datasets amazon-magazine-2018 --protocols temporal
-    .venv/bin/python bench/text_ablation.py report [--tuned] # tables (markdown) from the finished runs
+    .venv/bin/python bench/text_ablation.py report --doc docs/text-ablation.md   # tables from the rank dumps
 
 Variants (the same events.parquet, split, masking and metric code; only item_embeddings differ):
 - `minilm`  : `dyembed encode --model ../shared/models/all-MiniLM-L6-v2` (D 384)
@@ -239,7 +239,7 @@ def test_warmness(workdir: Path, protocol: str) -> np.ndarray:
     return bucket_labels(slices["item_warmness"], WARMNESS_BUCKETS)
 
 
-def report(runs: Path, datasets: list[str], protocols: list[str], prefix: str = "") -> str:
+def report(runs: Path, datasets: list[str], protocols: list[str], prefix: str = "") -> dict[str, str]:
     from dyembed.evaluate.metrics import mrr_at_k, ndcg_at_k
 
     lines = ["| dataset | protocol | text | val NDCG@10 (epoch) | test NDCG@10 | cold (0) | 1-4 | 5+ | Δ vs hashing [95 %] | Δ vs none [95 %] |",
@@ -286,8 +286,40 @@ def report(runs: Path, datasets: list[str], protocols: list[str], prefix: str = 
                 m, lo, hi = paired_interval(mrr_at_k(rk["minilm"][sel]), mrr_at_k(rk["none"][sel]), users[sel])
                 cells.append(f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]")
                 cold_lines.append("| " + " | ".join(cells) + " |")
-    probe = probe_report(runs, datasets, protocols)
-    return "\n".join(lines) + "\n\n" + "\n".join(cold_lines) + "\n" + ("\n" + probe if probe else "")
+    return {"main": "\n".join(lines) + "\n", "buckets": "\n".join(cold_lines) + "\n",
+            "probe": probe_report(runs, datasets, protocols), "tuned": tuned_report(runs, datasets, protocols)}
+
+
+def tuned_report(runs: Path, datasets: list[str], protocols: list[str]) -> str:
+    lines = ["| dataset | protocol | text | trials | tuned val NDCG@10 | tuned test NDCG@10 | shipped val / test | chosen settings |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in datasets:
+        for protocol in protocols:
+            for v in VARIANTS:
+                run = runs / name / f"tuned-{v}-{protocol}"
+                if not (run / "metrics.json").exists():
+                    continue
+                t = json.loads((run / "tune.json").read_text())
+                m = json.loads((run / "metrics.json").read_text())["models"]["dyembed"]["per_event"][f"ndcg@{K}"]
+                base = runs / name / f"{v}-{protocol}"
+                bv = json.loads((base / "train.json").read_text())["best_val"]
+                bt = json.loads((base / "metrics.json").read_text())["models"]["dyembed"]["per_event"][f"ndcg@{K}"]
+                settings = " ".join(f"{k.split('.')[1]}={x:.3g}" if isinstance(x, float) else f"{k.split('.')[1]}={x}"
+                                    for k, x in sorted(t["best"]["settings"].items()))
+                lines.append(f"| {name} | {protocol} | {v} | {len(t['trials'])} | {t['best']['value']:.4f} | {m:.4f} | "
+                             f"{bv:.4f} / {bt:.4f} | {settings} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def fill_doc(path: Path, sections: dict[str, str]) -> None:
+    """Replace each `<!-- begin:NAME -->…<!-- end:NAME -->` block of the document."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    for name, body in sections.items():
+        text = re.sub(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", lambda mt: mt.group(1) + body + mt.group(2),
+                      text, flags=re.S)
+    path.write_text(text, encoding="utf-8")
 
 
 def probe_report(runs: Path, datasets: list[str], protocols: list[str]) -> str:
@@ -325,7 +357,7 @@ def probe_report(runs: Path, datasets: list[str], protocols: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["run", "tune", "cold-probe", "report"])
-    parser.add_argument("--tuned", action="store_true", help="report: the tuned runs")
+    parser.add_argument("--doc", type=Path, help="report: fill the result blocks of this markdown file")
     parser.add_argument("--budget-minutes", type=float, default=10.0, help="tune: per variant and protocol")
     parser.add_argument("--trials", type=int, default=20, help="tune: per variant and protocol")
     parser.add_argument("--epochs", type=int, default=30, help="tune: epoch cap of a trial")
@@ -344,7 +376,10 @@ def main() -> None:
         for name in args.datasets:
             tune_dataset(name, args.runs, args.protocols, args.variants, args.budget_minutes, args.trials, args.epochs)
     else:
-        print(report(args.runs, args.datasets, args.protocols, prefix="tuned-" if args.tuned else ""))
+        sections = report(args.runs, args.datasets, args.protocols)
+        if args.doc:
+            fill_doc(args.doc, sections)
+        print("\n".join(sections.values()))
 
 
 if __name__ == "__main__":
