@@ -100,6 +100,9 @@ def render_report(report: dict[str, Any], console=None) -> None:
     console.print(f"per-event averages (95 % interval below each) from {report['bootstrap']['rounds']} bootstrap resamples "
                   f"of users; cov = catalogue coverage of the top-{kcov}, pop% = mean popularity percentile of the "
                   f"top-{kcov} (50 = neutral).", style="dim")
+    from dyembed.evaluate.report import render_breakdown
+
+    render_breakdown(report, console, MODEL_ORDER)
     for line in report.get("notes", []):
         console.print(f"note: {line}", style="dim")
 

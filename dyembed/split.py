@@ -9,6 +9,12 @@ means last by row order. Both functions are pure and vectorised (no pandas, no P
 - temporal (`temporal_split`): rows with ts >= cut are test; cut = `test_start` or the ts of the
   row at position floor((1 - test_fraction) * n) (so ties at the cut all go to test); optionally
   the last `validation_fraction` of the train rows, by the same rule, become validation.
+
+Warm and cold targets, on either protocol (`item_history_counts`, `cold_test_rows`): an item's
+warmness is its number of *history* rows (train + validation: what θ, the baselines and every peer
+learn from); a **cold-item event** is a test event whose item has no history row — under
+`temporal`, an item whose first event is at or after the cut; under `loo`, an item whose only
+events are test events. ID-only models (pop, EASE, ALS, BPR, SASRec) have nothing to score it by.
 """
 
 from __future__ import annotations
@@ -106,3 +112,16 @@ def temporal_split(
         vcut = _quantile_cut(train_ts, validation_fraction)
         roles[(~is_test) & (ts >= vcut)] = VALIDATION
     return roles
+
+
+def item_history_counts(item_idx: np.ndarray, roles: np.ndarray, n_items: int) -> np.ndarray:
+    """Per item: its number of history rows (roles train or validation) [n_items] int64."""
+    item_idx = np.asarray(item_idx, dtype=np.int64)
+    history = np.asarray(roles) != TEST
+    return np.bincount(item_idx[history], minlength=int(n_items)).astype(np.int64)
+
+
+def cold_test_rows(item_idx: np.ndarray, roles: np.ndarray, n_items: int) -> np.ndarray:
+    """Bool per row: a test row whose item has no history row (a cold-item event)."""
+    counts = item_history_counts(item_idx, roles, n_items)
+    return (np.asarray(roles) == TEST) & (counts[np.asarray(item_idx, dtype=np.int64)] == 0)

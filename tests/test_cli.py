@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("synth", "preprocess", "encode", "train", "evaluate", "recommend", "demo"):
+    for command in ("synth", "preprocess", "encode", "train", "tune", "evaluate", "recommend", "demo"):
         assert command in result.output
 
 

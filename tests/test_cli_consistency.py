@@ -13,8 +13,8 @@ from dyembed_cli.app import app
 from evaluate_world import loo_workdir  # noqa: F401 - module fixture
 
 runner = CliRunner()
-TF_COMMANDS = ("encode", "train", "evaluate", "update", "demo")
-JSON_COMMANDS = ("preprocess", "encode", "train", "evaluate", "recommend", "update", "state list", "state verify")
+TF_COMMANDS = ("encode", "train", "tune", "evaluate", "update", "demo")
+JSON_COMMANDS = ("preprocess", "encode", "train", "tune", "evaluate", "recommend", "update", "export", "state list", "state verify")
 
 
 def invoke(*args, env=None):

@@ -158,7 +158,7 @@ def test_loo_report_json_dump_and_plot(loo_workdir, out_dir):
         assert 0.0 <= res["coverage"]["@5"] <= 1.0 and 0.0 <= res["pop_percentile"]["@5"] <= 100.0
     assert report["models"]["static"]["lift"]["static"]["ndcg@10"] == 0.0
     # the dump recomputes every number of the report
-    assert list(dump.columns) == ["model", "user_id", "item_id", "ts", "rank"]
+    assert list(dump.columns) == ["model", "user_id", "item_id", "ts", "rank", "item_warmness", "user_history"]
     assert len(dump) == 30 * 6
     for name, group in dump.groupby("model"):
         r = group["rank"].to_numpy()

@@ -27,6 +27,13 @@ versioned shape, documented in docs/metrics.md and checked by `validate_report`:
           "seconds": float
         }, ...
       },
+      "breakdown": {                     (optional in readers: reports before it lack it)
+        "definitions": {slice: str},
+        "item_warmness" | "user_history": {
+          "buckets": [label, ...], "events": {label: int},
+          "models": {"<name>": {label: {"events", "users", "per_event", "ci95_per_event"}}}
+        }
+      },
       "config": {"evaluate": {...}},
       "seconds": float
     }
@@ -98,6 +105,15 @@ def validate_report(report: Mapping[str, Any]) -> None:
         _check(list(model["coverage"]) == [f"@{k}" for k in ks], f"models.{name}.coverage must list @K")
         _check(list(model["pop_percentile"]) == [f"@{k}" for k in ks], f"models.{name}.pop_percentile must list @K")
         _check(set(model["lift"]) == {"static", "pop"}, f"models.{name}.lift must have static and pop")
+    if "breakdown" in report:
+        for slice_name in ("item_warmness", "user_history"):
+            part = report["breakdown"].get(slice_name)
+            _check(isinstance(part, dict), f"breakdown.{slice_name} missing")
+            _check(set(part["models"]) == set(report["models"]), f"breakdown.{slice_name}.models must list every model")
+            for name, per_bucket in part["models"].items():
+                _check(list(per_bucket) == part["buckets"], f"breakdown.{slice_name}.models.{name} must list the buckets")
+                for label, cell in per_bucket.items():
+                    _check(list(cell["per_event"]) == names, f"breakdown.{slice_name}.models.{name}.{label} must list {names}")
 
 
 def write_report(path: str | Path, report: Mapping[str, Any]) -> None:
@@ -122,16 +138,20 @@ def jsonable(value: Any) -> Any:
 
 def write_rank_dump(path: str | Path, blocks: Sequence[tuple[str, np.ndarray, np.ndarray]], *,
                     user_idx: np.ndarray, item_idx: np.ndarray, ts: np.ndarray,
-                    user_ids: np.ndarray, item_ids: np.ndarray) -> int:
-    """Parquet with one row per (model, test event): model, user_id, item_id, ts, rank.
+                    user_ids: np.ndarray, item_ids: np.ndarray,
+                    slices: Mapping[str, np.ndarray] | None = None) -> int:
+    """Parquet with one row per (model, test event): model, user_id, item_id, ts, rank, and one
+    int64 column per breakdown slice (`slices[name]`: one value per test event, in the order of every
+    block's rows; dyembed.evaluate.breakdown.from_rank_dump recomputes the breakdown from them).
 
     `blocks` = [(model name, test row indices, ranks)]; written one model at a time (one row group
     each) so memory stays at one model's test events. Returns the number of rows written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    slices = dict(slices or {})
     schema = pa.schema([("model", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
-                        ("ts", pa.int64()), ("rank", pa.int64())])
+                        ("ts", pa.int64()), ("rank", pa.int64())] + [(name, pa.int64()) for name in slices])
     total = 0
     with atomic_path(path) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
@@ -142,6 +162,7 @@ def write_rank_dump(path: str | Path, blocks: Sequence[tuple[str, np.ndarray, np
                     "item_id": pa.array(item_ids[item_idx[rows]], pa.string()),
                     "ts": pa.array(ts[rows].astype(np.int64)),
                     "rank": pa.array(np.asarray(ranks, dtype=np.int64)),
+                    **{name: pa.array(np.asarray(values, dtype=np.int64)) for name, values in slices.items()},
                 }, schema=schema)
                 writer.write_table(table)
                 total += rows.size
@@ -205,3 +226,36 @@ def write_plot(path: str | Path, ranks: Mapping[str, np.ndarray], test_ts: np.nd
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=suffix.lstrip(".") or "png", dpi=110)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- breakdown table
+
+
+def render_breakdown(report: Mapping[str, Any], console: Any, order: Sequence[str] = ()) -> None:
+    """The primary metric per target-item warmness bucket and per user history bucket, one row per
+    model (the column headers give each bucket's number of test events)."""
+    from rich.table import Table
+
+    part = report.get("breakdown")
+    if not part:
+        return
+    metric = report["primary_metric"]
+    pretty = metric.replace("ndcg", "NDCG").replace("recall", "Recall").replace("mrr", "MRR")
+    table = Table(title=f"{pretty} by target-item warmness (history rows of the item; 0 = cold items) "
+                        f"and by user history length (rows before the event)", title_justify="left")
+    table.add_column("model", style="bold", no_wrap=True)
+    columns = []
+    for slice_name, head in (("item_warmness", "item"), ("user_history", "user")):
+        for label in part[slice_name]["buckets"]:
+            n = part[slice_name]["events"][label]
+            if n:
+                columns.append((slice_name, label))
+                table.add_column(f"{head} {label}\n{n:,} ev", justify="right")
+    models = list(report["models"])
+    for name in [m for m in order if m in models] + [m for m in models if m not in order]:
+        cells = []
+        for slice_name, label in columns:
+            value = part[slice_name]["models"][name][label]["per_event"][metric]
+            cells.append("–" if value is None else f"{value:.4f}")
+        table.add_row(name, *cells)
+    console.print(table)

@@ -35,6 +35,7 @@ from dyembed.artefacts import require_file
 from dyembed.config import Config, EvaluateConfig, check_values
 from dyembed.errors import ConfigError, InputDataError, StateError
 from dyembed.evaluate import baselines as bl
+from dyembed.evaluate.breakdown import breakdown, slices_of_test_events
 from dyembed.evaluate.metrics import RankAccumulator, TopKAccumulator, metric_names, popularity_percentile
 from dyembed.evaluate.report import SCHEMA, validate_report, write_plot, write_rank_dump, write_report
 from dyembed.lock import settle_interrupted_writes
@@ -320,6 +321,10 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
         res["lift"] = {base: {m: _lift(res["per_event"][m], results[base]["per_event"][m]) if base in results else None
                               for m in metric_names(ks)} for base in ("static", "pop")}
 
+    # the same ranks per target-item warmness (0 = cold-item events) and per user history length
+    slices = slices_of_test_events(log_.user_idx, log_.item_idx, roles, log_.n_items)
+    by_slice = breakdown(all_ranks, log_.user_idx[test_rows], slices, ks, bootstrap=ev.bootstrap, seed=ev.seed)
+
     primary = f"ndcg@{10 if 10 in ks else ks[0]}"
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -339,6 +344,7 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
         "bootstrap": {"rounds": ev.bootstrap, "level": 0.95, "unit": "user", "seed": ev.seed},
         "primary_metric": primary,
         "models": results,
+        "breakdown": by_slice,
         "notes": notes,
         "config": {"evaluate": dict(vars(ev))},
         "state": state_record(trained.manifest),  # which state version and encoder these numbers score
@@ -348,7 +354,7 @@ def evaluate(workdir: str | Path, cfg: Config, *, json_path: str | Path | None =
         write_rank_dump(dump_ranks, [(n, test_rows, r) for n, r in all_ranks.items()],
                         user_idx=log_.user_idx, item_idx=log_.item_idx, ts=log_.ts,
                         user_ids=read_ids(workdir / "users.parquet", "user_id"),
-                        item_ids=read_ids(workdir / "items.parquet", "item_id"))
+                        item_ids=read_ids(workdir / "items.parquet", "item_id"), slices=slices)
         report["dump_ranks"] = str(dump_ranks)
     if plot is not None:
         k_time = 10 if 10 in ks else ks[0]

@@ -199,7 +199,21 @@ def _make_engine(model, spec: RuleSpec, state: UserState | None, cfg: Config, n_
 EVAL_LANES = 1024  # frozen replay: lanes only change speed, never the numbers
 
 
-def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, Any]:
+def fit_validation(workdir: str | Path, cfg: Config, *, progress: Progress | None = None) -> dict[str, Any]:
+    """`train`'s fit and early stopping on the split's train and validation rows only, nothing
+    written (no state, no lock): the summary's best_val scores a config (`dyembed tune`). Test
+    rows are never replayed, so no test answer reaches the score."""
+    from dyembed.replay.runtime import configure_runtime
+
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise InputDataError(f"work directory not found: {workdir}")
+    _check_train_config(cfg)
+    configure_runtime(cfg.runtime)
+    return _fit(workdir, cfg, progress=progress, save=False)
+
+
+def _fit(workdir: Path, cfg: Config, *, progress: Progress | None, save: bool = True) -> dict[str, Any]:
     from dyembed.replay.model import Model, init_theta
 
     started = time.perf_counter()
@@ -330,6 +344,14 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None) -> dict[str, 
         if n_val and tcfg.patience and bad_epochs >= tcfg.patience:
             stopped = "early_stopping"
             break
+
+    if not save:
+        scalars.close()
+        return {"protocol": settings["protocol"], "train_events": n_train, "validation_events": n_val,
+                "epochs_run": len(history), "best_epoch": best["epoch"] or len(history), "stopped": stopped,
+                "history": history, "best_val": None if best["theta"] is None else float(best["val"]),
+                "train_seconds": round(train_seconds, 3),
+                "seconds": round(time.perf_counter() - started, 3)}
 
     refit = None
     if theta_start is not None and best["theta"] is not None:
