@@ -405,14 +405,25 @@ def _movielens_1m(cfg: DataConfig, template: str) -> Plan:
 
 
 def _csv_dicts(path: Path, what: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, row) of a small CSV (MovieLens movies.csv, tags.csv). Their fields hold no newlines,
+    so a record spanning lines is a broken quote: the file is refused naming the line where it
+    starts, rather than the rest of the file read into one field."""
     with open_binary(path) as fh:
         text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-        reader = csv.DictReader(text)
+        reader = csv.DictReader(text, strict=True)
+        last = 1
         try:
             for row in reader:
-                yield reader.line_num, row
+                newlines = sum(v.count("\n") for v in row.values() if isinstance(v, str))
+                if newlines or None in row:
+                    raise InputDataError(f"{what} {path} line {reader.line_num - newlines} is not one CSV record (an "
+                                         "unterminated quote, or more fields than the header); fix the line")
+                last = reader.line_num
+                yield last, row
         except UnicodeDecodeError:
             raise InputDataError(f"{what} {path} is not valid utf-8") from None
+        except csv.Error:
+            raise InputDataError(f"{what} {path} after line {last} is not CSV (an unterminated quote?); fix the line") from None
 
 
 def _movielens_latest(cfg: DataConfig, template: str) -> Plan:
