@@ -185,6 +185,8 @@ def require_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"{what} not found: {path}")
-    if path.is_file() and path.stat().st_size == 0:
+    if not path.is_file():
+        raise InputDataError(f"{what} is not a file: {path}")
+    if path.stat().st_size == 0:
         raise InputDataError(f"{what} is empty: {path}")
     return path

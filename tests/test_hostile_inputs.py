@@ -194,6 +194,12 @@ CASES: list[Case] = [
     Case("recbole items file not valid UTF-8", {"x.inter": "user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t1\n",
                                                 "x.item": b"item_id:token\ttitle:token_seq\ni1\t\xff\n"},
          ["-f", "recbole", "--events", "{d}/x.inter", "--items", "{d}/x.item"], 3, r"x\.item is not valid utf-8 \(line 2\)"),
+    Case("movies.csv with an unterminated quote", {"ratings.csv": "userId,movieId,rating,timestamp\n1,1,4.0,1\n",
+                                                   "movies.csv": 'movieId,title,genres\n1,A,Drama\n"2,B,Comedy\n3,C,Drama\n'},
+         ["-f", "movielens-latest", "-i", "{d}"], 3, r"movies\.csv after line 2 is not CSV"),
+    Case("movies.csv: two stray quotes merge lines", {"ratings.csv": "userId,movieId,rating,timestamp\n1,1,4.0,1\n",
+                                                      "movies.csv": 'movieId,title,genres\n1,A,Drama\n"2,B,Comedy\n3,C",Drama\n4,D,X\n'},
+         ["-f", "movielens-latest", "-i", "{d}"], 3, r"movies\.csv line 3 is not one CSV record"),
     Case("the events path is a directory", {"dir/x": "x"}, ["--events", "{d}/dir"], 3, r"is not a file"),
     # ---- §6: hashed user ids never reach a message
     Case("headerless log with hashed ids: the first row is not quoted",

@@ -10,7 +10,6 @@ fields), the default text template and the timestamp format. Explicit `data.even
 from __future__ import annotations
 
 import ast
-import contextvars
 import csv
 import io
 import json
@@ -24,6 +23,7 @@ import pyarrow as pa
 from dyembed.config import DataConfig
 from dyembed.errors import ConfigError, InputDataError
 from dyembed.preprocess.readers import (
+    HIDE_INPUT_TEXT,
     Chunk,
     check_input_file,
     file_columns,
@@ -144,16 +144,11 @@ def _rename(chunk: Chunk, mapping: dict[str, str]) -> Chunk:
     return Chunk(pa.table(cols), chunk.lines, chunk.malformed, chunk.blank)
 
 
-# set by make_plan(hide_found=True) when user ids are hashed: a log without a header has a data row
-# (a raw user id) where the column names should be, so they are counted, never printed
-_HIDE_FOUND: contextvars.ContextVar[bool] = contextvars.ContextVar("hide_found", default=False)
-
-
 def _check_columns(path: Path, what: str, found: list[str], mapping: dict[str, str], hint: str) -> None:
     missing = [src for src in mapping.values() if src not in found]
     if not missing:
         return
-    if _HIDE_FOUND.get():
+    if HIDE_INPUT_TEXT.get():  # a log without a header has a data row (a raw user id) where the names should be
         shown = f"{len(found)} column(s), not shown because user ids are hashed (no header line? its first line may be a data row)"
     else:
         shown = ", ".join(found[:8]) + (" …" if len(found) > 8 else "")
@@ -405,14 +400,25 @@ def _movielens_1m(cfg: DataConfig, template: str) -> Plan:
 
 
 def _csv_dicts(path: Path, what: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, row) of a small CSV (MovieLens movies.csv, tags.csv). Their fields hold no newlines,
+    so a record spanning lines is a broken quote: the file is refused naming the line where it
+    starts, rather than the rest of the file read into one field."""
     with open_binary(path) as fh:
         text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-        reader = csv.DictReader(text)
+        reader = csv.DictReader(text, strict=True)
+        last = 1
         try:
             for row in reader:
-                yield reader.line_num, row
+                newlines = sum(v.count("\n") for v in row.values() if isinstance(v, str))
+                if newlines or None in row:
+                    raise InputDataError(f"{what} {path} line {reader.line_num - newlines} is not one CSV record (an "
+                                         "unterminated quote, or more fields than the header); fix the line")
+                last = reader.line_num
+                yield last, row
         except UnicodeDecodeError:
             raise InputDataError(f"{what} {path} is not valid utf-8") from None
+        except csv.Error:
+            raise InputDataError(f"{what} {path} after line {last} is not CSV (an unterminated quote?); fix the line") from None
 
 
 def _movielens_latest(cfg: DataConfig, template: str) -> Plan:
@@ -668,16 +674,10 @@ FORMATS: dict[str, Callable[[DataConfig, str], Plan]] = {
 }
 
 
-def make_plan(cfg: DataConfig, *, hide_found: bool = False) -> Plan:
-    """Resolve the configured format into sources, an items loader, template and time format.
-
-    `hide_found`: user ids are hashed, so error messages never quote a file's first line."""
+def make_plan(cfg: DataConfig) -> Plan:
+    """Resolve the configured format into sources, an items loader, template and time format."""
     if cfg.format not in FORMATS:
         raise ConfigError(f"config key 'data.format' must be one of {', '.join(FORMATS)}; got {cfg.format!r}")
     template = cfg.text_template or DEFAULT_TEMPLATES[cfg.format]
     template_fields(template)  # a malformed template is a config error before any reading
-    token = _HIDE_FOUND.set(hide_found)
-    try:
-        return FORMATS[cfg.format](cfg, template)
-    finally:
-        _HIDE_FOUND.reset(token)
+    return FORMATS[cfg.format](cfg, template)

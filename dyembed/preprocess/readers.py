@@ -10,6 +10,7 @@ by line, Parquet row group by row group.
 from __future__ import annotations
 
 import codecs
+import contextvars
 import csv
 import gzip
 import io
@@ -26,6 +27,9 @@ import pyarrow as pa
 from dyembed.errors import InputDataError
 
 KINDS = ("csv", "tsv", "jsonl", "parquet")
+# True while a run with hashed user ids reads its inputs: messages then never quote input text
+# (a header that is really a data row, a parser's excerpt of a record), which may hold a raw id
+HIDE_INPUT_TEXT: contextvars.ContextVar[bool] = contextvars.ContextVar("hide_input_text", default=False)
 
 
 @dataclass
@@ -471,7 +475,8 @@ def iter_csv(
         text = str(exc)
         if undecodable or "UTF8" in text or "utf8" in text.lower() and "invalid" in text.lower():
             raise _encoding_error(path, what, encoding) from None
-        raise InputDataError(f"{what} {path} cannot be parsed as delimited text: {' '.join(text.split())[:200]}") from None
+        detail = text.split(":")[0] if HIDE_INPUT_TEXT.get() else " ".join(text.split())[:200]
+        raise InputDataError(f"{what} {path} cannot be parsed as delimited text: {detail}") from None
     except UnicodeDecodeError:
         raise _encoding_error(path, what, encoding) from None
     finally:

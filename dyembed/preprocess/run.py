@@ -42,6 +42,7 @@ from dyembed.preprocess import filters
 from dyembed.preprocess.append_check import check_append
 from dyembed.preprocess.formats import ItemsData, Plan, make_plan
 from dyembed.preprocess.pseudonym import Pseudonymiser, manifest_record, verify_salt
+from dyembed.preprocess.readers import HIDE_INPUT_TEXT
 from dyembed.preprocess.validate import (
     DUPLICATE, FUTURE_TIMESTAMP, KCORE, MIN_ITEM_EVENTS, MIN_USER_EVENTS, OUT_OF_ORDER, REASONS, REJECTED_SCHEMA,
     Checks, IdMap, Valid, malformed_table, make_time_parser, validate_chunk,
@@ -333,7 +334,11 @@ def preprocess(
     The salt is never stored, only a slow fingerprint of it (manifest `user_ids.salt_check`).
     """
     with WorkdirLock(workdir, command="preprocess", wait=cfg.runtime.lock_wait):
-        return _preprocess(workdir, cfg, append=append, allow_late=allow_late, progress=progress, salt=user_id_salt)
+        hide = HIDE_INPUT_TEXT.set(user_id_salt is not None or _workdir_hashed(Path(workdir), append))
+        try:
+            return _preprocess(workdir, cfg, append=append, allow_late=allow_late, progress=progress, salt=user_id_salt)
+        finally:
+            HIDE_INPUT_TEXT.reset(hide)
 
 
 def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: str | None, progress: Progress | None,
@@ -347,7 +352,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
     if allow_late not in ALLOW_LATE:
         raise ConfigError(f"--allow-late must be one of {', '.join(ALLOW_LATE)}; got {allow_late!r}")
     language = check_language(data.language)
-    plan: Plan = make_plan(data, hide_found=salt is not None or _workdir_hashed(workdir, append))
+    plan: Plan = make_plan(data)
     if data.min_rating is not None and not plan.has_rating:
         raise ConfigError(f"config key 'data.min_rating' needs a rating column; format {plan.format} has none (set data.rating_col)")
     previous = _load_previous(workdir) if append else None
