@@ -11,7 +11,8 @@ from typer.core import TyperGroup
 
 from dyembed import __version__
 from dyembed_cli import common
-from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, preprocess_cmd, state_cmd, synth_cmd, train_cmd, update_cmd
+from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, export_cmd, preprocess_cmd, state_cmd, synth_cmd, train_cmd, update_cmd
+
 
 REMOTE = re.compile(r"(^|=)[a-zA-Z][a-zA-Z0-9+.-]+://")  # a URL as an argument or a --set value
 
@@ -82,7 +83,7 @@ def main_options(
     common.out.quiet = quiet  # every table goes through `out`: --quiet silences them all at once
 
 
-for module in (synth_cmd, preprocess_cmd, encode_cmd, train_cmd, evaluate_cmd, update_cmd, state_cmd, demo_cmd):
+for module in (synth_cmd, preprocess_cmd, encode_cmd, train_cmd, evaluate_cmd, update_cmd, state_cmd, export_cmd, demo_cmd):
     module.register(app)
 
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from dyembed_cli.common import (GLOBALS, ConfigOpt, cfg_default, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, emit_json, guarded, note, out,
-                                progress_bar, resolve_config)
+from dyembed_cli.common import (GLOBALS, ConfigOpt, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, cfg_default, check_output, emit_json,
+                                guarded, note, out, progress_bar, resolve_config)
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from dyembed.encode.run import encode as run_encode
+
+        check_output(json_file, "--json-file")
 
         flags = {"encode.batch_size": batch_size, "encode.adapt_steps": adapt_steps, "runtime.device": device}
         cfg = resolve_config(config, set_, flags, workdir)

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import (GLOBALS, ConfigOpt, cfg_default, cfg_default, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, emit_json, err, guarded, note,
-                                out, progress_bar, resolve_config, warn)
+from dyembed_cli.common import (GLOBALS, ConfigOpt, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, cfg_default, check_output, emit_json, err,
+                                guarded, note, out, progress_bar, resolve_config, warn)
 
 # one flag, one key, one rule (dyembed/masking.py) for evaluate and recommend
 MaskSeenOpt = Annotated[str | None, typer.Option(
@@ -141,6 +141,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rank every test event over the full catalogue with the dynamic model and baselines; report Recall/NDCG/MRR."""
         from dyembed.evaluate.run import evaluate
+
+        for flag, path in (("--json-file", json_file), ("--dump-ranks", dump_ranks), ("--plot", plot)):
+            check_output(path, flag)
 
         start = parse_test_start(test_start)
         flags = {"evaluate.protocol": protocol, "evaluate.test_fraction": test_fraction, "evaluate.test_start": start,

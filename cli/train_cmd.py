@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, cfg_default, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, emit_json, guarded, note, out, progress_bar, resolve_config
+from dyembed_cli.common import (ConfigOpt, DeviceOpt, JsonFileOpt, JsonOpt, SetOpt, cfg_default, check_output, emit_json, guarded,
+                                note, out, progress_bar, resolve_config)
 
 
 def render_summary(summary: dict[str, Any]) -> None:
@@ -66,6 +67,8 @@ def register(app: typer.Typer) -> None:
         """Learn the global parameters θ by replaying the training period, and store the users' states."""
         if protocol is not None and protocol not in ("loo", "temporal", "none"):
             raise typer.BadParameter("must be loo, temporal or none", param_hint="--protocol")
+        check_output(json_file, "--json-file")
+        check_output(tensorboard, "--tensorboard", kind="dir")
         from dyembed.replay.train import train
 
         flags = {"train.epochs": epochs, "train.protocol": protocol, "runtime.device": device,
