@@ -20,7 +20,7 @@ Then, per protocol (loo by default; temporal adds a second training with its own
   steps as its busiest user has events (synth's Pareto activity: about 2 % of all events), so the
   training time follows --events, not --users;
 - `dyembed evaluate` (full ranking over every item for dyembed and each baseline, --baselines);
-and once `dyembed recommend --k 10 --exclude-seen --out recs.parquet` for every user.
+and once `dyembed recommend --k 10 --mask-seen on --out recs.parquet` for every user.
 
 Every command runs in its own subprocess (the CLI called in-process by this file's --child mode),
 so the peak RSS reported for it (VmHWM from /proc, MiB; it includes ~410 MiB of TensorFlow's
@@ -217,7 +217,7 @@ def main() -> None:
                       f"NDCG@10 {m['ndcg@10'] or 0:.4f}", flush=True)
         if not args.skip_recommend:
             out = base / "recs.parquet"
-            r = run("recommend", ["--quiet", "recommend", str(args.work), "--k", "10", "--exclude-seen", "--out", str(out)]
+            r = run("recommend", ["--quiet", "recommend", str(args.work), "--k", "10", "--mask-seen", "on", "--out", str(out)]
                     + common, logs)
             import pyarrow.parquet as pq
 

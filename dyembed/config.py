@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import tomllib
 import types
 import typing
@@ -443,6 +444,10 @@ def _set_key(cfg: Config, dotted: str, value: Any, source: str) -> None:
         raise ConfigError(f"unknown config key '{dotted}' ({source})"
                           f"{_did_you_mean(key, hints, prefix=section_name + '.')}")
     converted = _coerce(dotted, value, hints[key])
+    if section_name == "data" and key in ("input", "events", "items") and isinstance(converted, str) \
+            and re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+://", converted):
+        raise ConfigError(f"config key '{dotted}' ({source}) is a remote URL ({converted}): dyembed reads local paths "
+                          "only; copy the file here first (e.g. `aws s3 cp`)")
     choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(section)}[key]
     if choices and converted not in choices:
         raise ConfigError(f"config key '{dotted}' must be one of {', '.join(map(str, choices))}; got {converted!r}")

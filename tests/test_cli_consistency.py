@@ -65,6 +65,14 @@ def test_remote_paths_are_refused_in_one_line(args):
     assert "remote URLs (s3://, gs://, http://, …) are not supported; dyembed reads and writes local paths" in line
 
 
+def test_remote_path_in_a_config_file_is_refused(tmp_path):
+    bad = tmp_path / "remote.toml"
+    bad.write_text('[data]\nevents = "s3://bucket/events.csv"\n')
+    line = one_error_line(invoke("preprocess", tmp_path / "w", "-c", bad), 2)
+    assert line == (f"error: config key 'data.events' ({bad}) is a remote URL (s3://bucket/events.csv): dyembed reads "
+                    "local paths only; copy the file here first (e.g. `aws s3 cp`)")
+
+
 @pytest.mark.parametrize("command", TF_COMMANDS)
 def test_every_tensorflow_command_takes_device(command):
     result = invoke(command, "--help", env={"COLUMNS": "200"})

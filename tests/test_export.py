@@ -116,13 +116,13 @@ def test_saved_model_without_dyembed_equals_dyembed_recommend(world, tmp_path):
     served = _serve(out / "saved_model/1", requests, tmp_path / "client")
     assert {"recommend", "update_and_recommend", "embed_items"} <= set(served["signatures"])
     for flag, result in zip((False, True), served["results"]):
-        want = _recommend_all(work, tmp_path, *(["--exclude-seen"] if flag else []))
+        want = _recommend_all(work, tmp_path, "--mask-seen", "on" if flag else "off")
         assert result["known_user"] == [True] * (len(users) - 1) + [False]
         for row, uid in enumerate(users[:-1]):
             _assert_lists_equal(result["item_ids"][row], result["scores"][row], want[uid], f"{uid} seen={flag}")
         # an unknown user gets the cold-start list: recommend's for an unknown id
-        cold = runner.invoke(app, ["recommend", str(work), "--user", "no-such-user", "--k", str(K), "--out",
-                                   str(tmp_path / "cold.parquet"), *(["--exclude-seen"] if flag else [])])
+        cold = runner.invoke(app, ["recommend", str(work), "--user", "no-such-user", "--allow-unknown", "--k", str(K), "--out",
+                                   str(tmp_path / "cold.parquet"), "--mask-seen", "on" if flag else "off"])
         assert cold.exit_code == 0, cold.output
         rows = pq.read_table(tmp_path / "cold.parquet").to_pylist()
         _assert_lists_equal(result["item_ids"][-1], result["scores"][-1], [(r["item_id"], r["score"]) for r in rows],
@@ -176,7 +176,7 @@ def test_update_and_recommend_equals_dyembed_update_then_recommend(world, tmp_pa
     _, _, state, _ = load_state(updated)
     index = {u: i for i, u in enumerate(_user_ids(updated))}
     for flag, result in zip((False, True), results):
-        want = _recommend_all(updated, tmp_path, *(["--exclude-seen"] if flag else []))
+        want = _recommend_all(updated, tmp_path, "--mask-seen", "on" if flag else "off")
         assert sorted(result["user_ids"]) == sorted(set(users))
         assert sum(result["events_applied"]) == len(users) and sum(result["unknown_item_events"]) == 0
         assert sum(result["late_events"]) == 0
@@ -199,7 +199,7 @@ def test_update_and_recommend_equals_update_for_other_rules(model, tmp_path):
     updated, _, (result,) = _update_then_serve(work, raw, out, tmp_path, flags=(True,))
     _, _, state, _ = load_state(updated)
     _assert_states_equal(result, state, {u: i for i, u in enumerate(_user_ids(updated))})
-    want = _recommend_all(updated, tmp_path, "--exclude-seen")
+    want = _recommend_all(updated, tmp_path, "--mask-seen", "on")
     for lane, uid in enumerate(result["user_ids"]):
         _assert_lists_equal(result["item_ids"][lane], result["scores"][lane], want[uid], uid)
 
