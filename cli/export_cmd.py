@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         hashed_ids: Annotated[bool, typer.Option("--hashed-ids", help="Export a work dir preprocessed with --hash-user-ids (requests must carry the pseudonyms).")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the summary as ONE line of JSON on stdout (nothing else).")] = False,
     ) -> None:
-        """Write a TensorFlow SavedModel (recommend, update_and_recommend, embed_items) and ANN tables.
+        """Write a TensorFlow SavedModel (recommend, update_and_recommend, update_from_states, embed_items) + ANN tables.
 
         The SavedModel runs without dyembed (tf.saved_model.load, TensorFlow Serving). Exit codes:
         0 written, 2 bad --out / hashed ids, 3 no work dir, 4 no state / corrupt / foreign state.
