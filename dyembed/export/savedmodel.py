@@ -1,4 +1,4 @@
-"""The SavedModel: the serving state and θ in tf.Variables, and three signatures built on the
+"""The SavedModel: the serving state and θ in tf.Variables, and four signatures built on the
 rule's TensorFlow functions (dyembed/replay/rules.py, the engine's own), so serving, `recommend`
 and `update` share one definition of the score and of the user's step.
 
@@ -8,10 +8,10 @@ and `update` share one definition of the score and of the user's step.
         recent items, nothing masked) — dyembed recommend's rules.
     update_and_recommend(user_ids, item_ids, timestamps, weights, k, exclude_seen)
         the events (per user in timestamp order, stable; events older than the exported log
-        dropped or clamped as data.allow_late says, as `update` does) applied to the exported states with θ
-        frozen — decay, context / repeat terms from the recent-item ring, full or sampled loss,
-        w ∇u + λ(u − u0), clipping, sgd / adagrad / adam with the user's slots, ring push — then
-        each distinct user's top-k and new state. Stateless: nothing in the model changes.
+        dropped or clamped as data.allow_late says, as `update` does) applied to the exported
+        states with θ frozen — decay, context / repeat terms from the recent-item ring, full or
+        sampled loss, w ∇u + λ(u − u0), clipping, sgd / adagrad / adam with the user's slots, ring
+        push — then each distinct user's top-k and new state. Stateless: nothing changes in it.
     update_from_states(user_ids, item_ids, timestamps, weights, state_user_ids, user_vector, slots,
                        count, last_ts, recent, k, exclude_seen)
         the same, but the users of state_user_ids start from the states given (what an earlier
