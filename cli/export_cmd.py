@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
         json_file: JsonFileOpt = None,
     ) -> None:
-        """Write a TensorFlow SavedModel (recommend, update_and_recommend, embed_items) and ANN tables.
+        """Write a TensorFlow SavedModel (recommend, update_and_recommend, update_from_states, embed_items) + ANN tables.
 
         The SavedModel runs without dyembed (tf.saved_model.load, TensorFlow Serving). Exit codes:
         0 written, 2 bad --out / hashed ids, 3 no work dir, 4 no state / corrupt / foreign state.

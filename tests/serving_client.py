@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 DTYPES = {"user_ids": tf.string, "item_ids": tf.string, "timestamps": tf.int64, "weights": tf.float32,
-          "k": tf.int32, "exclude_seen": tf.bool, "features": tf.float32}
+          "k": tf.int32, "exclude_seen": tf.bool, "features": tf.float32, "state_user_ids": tf.string,
+          "user_vector": tf.float32, "slots": tf.float32, "count": tf.int32, "last_ts": tf.int64, "recent": tf.int32}
 
 
 def main(model_dir: str, requests_path: str, outputs_path: str) -> None:

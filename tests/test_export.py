@@ -100,7 +100,7 @@ def test_export_writes_the_saved_model_ann_tables_and_manifest(world):
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["format"] == "dyembed-export" and manifest["state_version"] == 1
     assert manifest["saved_model"] == "saved_model/1" and (out / "saved_model/1/saved_model.pb").is_file()
-    assert manifest["signatures"] == ["recommend", "update_and_recommend", "embed_items"]
+    assert manifest["signatures"] == ["recommend", "update_and_recommend", "update_from_states", "embed_items"]
     assert manifest["n_users"] == 30 and manifest["n_items"] == 40 and manifest["history"] == 5
     assert manifest["watermark"]["rows"] == pq.ParquetFile(work / "events.parquet").metadata.num_rows
     assert summary["saved_model_bytes"] == sum(p.stat().st_size for p in (out / "saved_model").rglob("*") if p.is_file())
@@ -186,6 +186,35 @@ def test_update_and_recommend_equals_dyembed_update_then_recommend(world, tmp_pa
         assert [result["known_user"][i] for i, u in enumerate(result["user_ids"]) if u.startswith("newuser")] == [False] * 3
 
 
+def test_update_from_states_continues_from_returned_states(world, tmp_path):
+    """A serving system that keeps states, not events: the window's first half through
+    update_and_recommend, its second half with the returned states through update_from_states —
+    the same states and lists as `dyembed update` of the whole window + `dyembed recommend`."""
+    from dyembed.replay.state import load_state
+
+    work, raw, out, summary = world
+    updated = tmp_path / "work"
+    shutil.copytree(work, updated)
+    assert runner.invoke(app, ["update", str(updated), "--new-log", str(raw / "new.csv")]).exit_code == 0
+    users, items, ts = _window(updated, summary["watermark"]["rows"])
+    half = len(users) // 2
+    part = lambda lo, hi: {"user_ids": users[lo:hi], "item_ids": items[lo:hi], "timestamps": ts[lo:hi],  # noqa: E731
+                           "weights": [1.0] * (hi - lo), "k": K, "exclude_seen": False}
+    (first,) = _serve(out / "saved_model/1", [{"signature": "update_and_recommend", "inputs": part(0, half)}],
+                      tmp_path / "c1")["results"]
+    states = {"state_user_ids": first["user_ids"], "user_vector": first["user_vector"], "slots": first["slots"],
+              "count": first["count"], "last_ts": first["last_ts"], "recent": first["recent"]}
+    (second,) = _serve(out / "saved_model/1", [{"signature": "update_from_states",
+                                                "inputs": {**part(half, len(users)), **states}}], tmp_path / "c2")["results"]
+    assert sorted(second["user_ids"]) == sorted(set(users))  # the given states' users are answered too
+    _, _, state, _ = load_state(updated)
+    _assert_states_equal(second, state, {u: i for i, u in enumerate(_user_ids(updated))})
+    want = _recommend_all(updated, tmp_path)
+    for lane, uid in enumerate(second["user_ids"]):
+        _assert_lists_equal(second["item_ids"][lane], second["scores"][lane], want[uid], uid)
+
+
+@pytest.mark.slow  # two more trained worlds (~2 min each on a loaded 2-core machine)
 @pytest.mark.parametrize("model", [
     dict(rule="sgd", history=0, repeat=False, context=False, decay_half_life_days=0.0, l2_prior=0.0, clip_norm=0.0),
     dict(rule="adagrad", per_dim_step=True, history=3, repeat=True, context=False, user_init="zero"),
@@ -274,9 +303,10 @@ def test_saved_model_cli_lists_the_signatures(world):
     proc = subprocess.run([str(cli), "show", "--dir", str(out / "saved_model/1"), "--all"], capture_output=True,
                           text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ("recommend", "update_and_recommend", "embed_items"):
+    for name in ("recommend", "update_and_recommend", "update_from_states", "embed_items"):
         assert f"signature_def['{name}']" in proc.stdout
-    for name in ("user_ids", "item_ids", "timestamps", "weights", "k", "exclude_seen", "features"):
+    for name in ("user_ids", "item_ids", "timestamps", "weights", "k", "exclude_seen", "features", "state_user_ids",
+                 "user_vector", "slots", "count", "last_ts", "recent"):
         assert f"inputs['{name}']" in proc.stdout
 
 

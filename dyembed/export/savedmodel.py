@@ -1,4 +1,4 @@
-"""The SavedModel: the serving state and θ in tf.Variables, and three signatures built on the
+"""The SavedModel: the serving state and θ in tf.Variables, and four signatures built on the
 rule's TensorFlow functions (dyembed/replay/rules.py, the engine's own), so serving, `recommend`
 and `update` share one definition of the score and of the user's step.
 
@@ -8,19 +8,23 @@ and `update` share one definition of the score and of the user's step.
         recent items, nothing masked) — dyembed recommend's rules.
     update_and_recommend(user_ids, item_ids, timestamps, weights, k, exclude_seen)
         the events (per user in timestamp order, stable; events older than the exported log
-        dropped or clamped as data.allow_late says, as `update` does) applied to the exported states with θ
-        frozen — decay, context / repeat terms from the recent-item ring, full or sampled loss,
-        w ∇u + λ(u − u0), clipping, sgd / adagrad / adam with the user's slots, ring push — then
-        each distinct user's top-k and new state. Stateless: nothing in the model changes.
+        dropped or clamped as data.allow_late says, as `update` does) applied to the exported
+        states with θ frozen — decay, context / repeat terms from the recent-item ring, full or
+        sampled loss, w ∇u + λ(u − u0), clipping, sgd / adagrad / adam with the user's slots, ring
+        push — then each distinct user's top-k and new state. Stateless: nothing changes in it.
+    update_from_states(user_ids, item_ids, timestamps, weights, state_user_ids, user_vector, slots,
+                       count, last_ts, recent, k, exclude_seen)
+        the same, but the users of state_user_ids start from the states given (what an earlier
+        call returned): for a serving system that keeps the states instead of the events.
     embed_items(features)
         text-only vectors of items the export does not hold: v = x̂ P (x̂ = x / ‖x‖, residual 0),
         b = the median trained bias (theta.PARAMS' rule for new items), and the ANN row [v, b].
 
 Stateless on purpose: TensorFlow Serving runs replicas, reloads versions and restarts; user
 vectors kept in mutable Variables would diverge between replicas, vanish on a reload and race
-between concurrent requests. The caller sends each user's events since the export (export.json's
-watermark) and gets the same state `dyembed update` would compute; the next nightly export
-takes the events in for good.
+between concurrent requests. The caller keeps either each user's events since the export
+(export.json's watermark) or the states the model returned, and gets the state `dyembed update`
+would compute; the next nightly export takes the events in for good.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 from dyembed.export.tables import ServingTables
 from dyembed.replay import rules
 
-SIGNATURES = ("recommend", "update_and_recommend", "embed_items")
+SIGNATURES = ("recommend", "update_and_recommend", "update_from_states", "embed_items")
 
 
 def build_module(tf, t: ServingTables):
@@ -90,6 +94,15 @@ def _module_class(tf):
             self.update_and_recommend = tf.function(self._update_and_recommend, input_signature=[
                 S([None], tf.string, name="user_ids"), S([None], tf.string, name="item_ids"),
                 S([None], tf.int64, name="timestamps"), S([None], tf.float32, name="weights"),
+                S([], tf.int32, name="k"), S([], tf.bool, name="exclude_seen")])
+            self.update_from_states = tf.function(self._update_from_states, input_signature=[
+                S([None], tf.string, name="user_ids"), S([None], tf.string, name="item_ids"),
+                S([None], tf.int64, name="timestamps"), S([None], tf.float32, name="weights"),
+                S([None], tf.string, name="state_user_ids"), S([None, t.dim], tf.float32, name="user_vector"),
+                # sgd keeps no slots: any shape (JSON cannot spell [M, 0, d]), ignored
+                S([None, t.spec.n_slots, t.dim] if t.spec.n_slots else None, tf.float32, name="slots"),
+                S([None], tf.int32, name="count"),
+                S([None], tf.int64, name="last_ts"), S([None, t.history], tf.int32, name="recent"),
                 S([], tf.int32, name="k"), S([], tf.bool, name="exclude_seen")])
             self.embed_items = tf.function(self._embed_items, input_signature=[
                 S([None, t.feature_dim], tf.float32, name="features")])
@@ -177,11 +190,32 @@ def _module_class(tf):
             return out
 
         def _update_and_recommend(self, user_ids, item_ids, timestamps, weights, k, exclude_seen):
+            return self._update(user_ids, item_ids, timestamps, weights, k, exclude_seen, None)
+
+        def _update_from_states(self, user_ids, item_ids, timestamps, weights, state_user_ids, user_vector, slots, count,
+                                last_ts, recent, k, exclude_seen):
+            return self._update(user_ids, item_ids, timestamps, weights, k, exclude_seen,
+                                (state_user_ids, user_vector, slots, count, last_ts, recent))
+
+        def _update(self, user_ids, item_ids, timestamps, weights, k, exclude_seen, given):
+            """The events applied to the exported states (given=None) or, for the users of `given`
+            (ids, U, slots, count, last_ts, recent), to those states; then every lane's top-k."""
             n = tf.shape(user_ids)[0]
             tf.debugging.assert_equal(tf.shape(item_ids)[0], n, message="item_ids must have one entry per user_ids entry")
             tf.debugging.assert_equal(tf.shape(timestamps)[0], n, message="timestamps must have one entry per event")
             tf.debugging.assert_equal(tf.shape(weights)[0], n, message="weights must have one entry per event")
-            lanes_ids, lane = tf.unique(user_ids)  # one lane per distinct user, in order of first appearance
+            n_given = 0 if given is None else tf.shape(given[0])[0]
+            if given is not None:
+                tf.debugging.assert_equal(tf.size(tf.unique(given[0])[0]), n_given,
+                                          message="state_user_ids must not repeat a user")
+                checked = zip(("user_vector", "slots", "count", "last_ts", "recent"), given[1:])
+                for name, part in ((n, p) for n, p in checked if n != "slots" or self.slots):
+                    tf.debugging.assert_equal(tf.shape(part)[0], n_given,
+                                              message=f"{name} must have one row per state_user_ids entry")
+            # one lane per distinct user, in order of first appearance (the given states' users first)
+            all_ids = user_ids if given is None else tf.concat([given[0], user_ids], axis=0)
+            lanes_ids, lane_all = tf.unique(all_ids)
+            lane = lane_all[n_given:]
             m = tf.shape(lanes_ids)[0]
             rows = self.user_table.lookup(lanes_ids)
             items = self.item_table.lookup(item_ids)
@@ -211,6 +245,14 @@ def _module_class(tf):
             g_ok = grid(tf.ones_like(e_item)) > 0
 
             u, slots, cnt, last, ring = self._state_of(rows)
+            if given is not None:
+                at_g = lane_all[:n_given][:, None]
+                put = tf.tensor_scatter_nd_update
+                u = put(u, at_g, given[1])
+                slots = tuple(put(s, at_g, given[2][:, j]) for j, s in enumerate(slots))
+                cnt, last = put(cnt, at_g, given[3]), put(last, at_g, given[4])
+                if self.history:
+                    ring = put(ring, at_g, given[5])
             u, slots, cnt, last, ring = self._apply(u, slots, cnt, last, ring, g_item, g_ts, g_w, g_ok, steps)
             cold = cnt == 0
             qu, qring, qcnt = self._cold(u, ring, cnt, cold)
