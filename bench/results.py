@@ -5,10 +5,11 @@
 
 For each dataset: preprocess → encode (MiniLM from ../shared/models) once, then for each protocol
 (loo, temporal) a copy of the work dir is trained and evaluated with the exact configs printed in
-the document. The RecBole rows of ../shared/docs/PEERS.md are reproduced beside the ml-100k
-leave-last-out table (same protocol: last event test, the one before validation, full ranking,
-history masked). Work dirs go to --runs (default runs/results, git-ignored); the per-run JSON
-reports stay there.
+the document. The peers (EASE, ALS, BPR, SASRec-CE) come from bench/peers/run.py's JSONs in --peers
+(default runs/peers, files DATASET-PROTOCOL-auto.json: the same work dir's log, split, masking rule
+and rank code); each is shown beside dyembed with its interval, and dyembed minus the best peer with
+a paired user bootstrap over the same test events. Work dirs go to --runs (default runs/results,
+git-ignored); the per-run JSON reports and rank dumps stay there.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ def dataset_config(name: str, protocol: str, model_dir: Path) -> tuple[Config, d
     mapping["data"]["input"] = str(SHARED / mapping["data"]["input"])
     mapping.setdefault("encode", {})["encoder"] = f"hf:{model_dir}"
     mapping["evaluate"]["protocol"] = protocol
+    # ml-latest-small keeps the MovieLens template (title, genres): its user tags are dated, a third
+    # of them after the temporal cut, so the format's default text (which adds them) would leak
     cfg = load_config(SHIPPED_CONFIG[name])
-    if name == "ml-latest-small":
-        cfg.data.text_template = ""  # the format's default text, which adds the tags ml-100k lacks
     cfg = apply_mapping(cfg, mapping, f"bench/results.py:{name}")
     return cfg, mapping
 
@@ -105,7 +106,7 @@ def run_one(name: str, protocols: list[str], runs: Path, model_dir: Path, log) -
         timings["train_seconds"][protocol] = time.perf_counter() - t0
         log(f"{name}/{protocol}: trained in {timings['train_seconds'][protocol]:.1f} s")
         t0 = time.perf_counter()
-        evaluate(work, cfg, json_path=work / "metrics.json", plot=work / "eval.png")
+        evaluate(work, cfg, json_path=work / "metrics.json", plot=work / "eval.png", dump_ranks=work / "ranks.parquet")
         timings["evaluate_seconds"][protocol] = time.perf_counter() - t0
         log(f"{name}/{protocol}: evaluated in {timings['evaluate_seconds'][protocol]:.1f} s")
     (runs / name / "timings.json").write_text(json.dumps(timings, indent=2))
@@ -125,7 +126,41 @@ def config_sections(toml_text: str) -> str:
     return "\n".join(out)
 
 
-def collect(runs: Path, name: str, protocols: list[str]) -> dict[str, Any]:
+PEER_NAMES = {"ease": "EASE", "als": "ALS", "bpr": "BPR", "sasrec": "SASRec-CE"}
+
+
+def peers_of(peers_dir: Path, name: str, protocol: str, work: Path) -> dict[str, Any] | None:
+    """The peers' JSON of this dataset × protocol (masking by the rule), paired with dyembed's test ranks.
+
+    Pairing is by test row: the JSON's rows must be the rows whose ranks `evaluate` dumped (same
+    log, same split); anything else is refused rather than compared."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from dyembed.evaluate.metrics import paired_difference
+
+    path = peers_dir / f"{name}-{protocol}-auto.json"
+    if not path.is_file() or not (work / "ranks.parquet").is_file():
+        return None
+    report = json.loads(path.read_text())
+    dump = pq.read_table(work / "ranks.parquet", filters=[("model", "=", "dyembed")]).to_pandas()
+    events = pq.read_table(work / "events.parquet", columns=["user_idx", "ts"]).to_pandas()
+    out: dict[str, Any] = {"path": str(path), "peers": {}, "load": report.get("load"), "error": None}
+    for peer, rec in report["peers"].items():
+        if peer not in PEER_NAMES:
+            continue
+        rows = np.asarray(rec["test_ranks"]["rows"], dtype=np.int64)
+        if rows.size != len(dump) or not np.array_equal(events.ts.to_numpy()[rows], dump.ts.to_numpy()):
+            out["error"] = f"{path.name}: its test rows are not the rows dyembed ranked (another log or split)"
+            return out
+        users = events.user_idx.to_numpy()[rows]
+        paired = paired_difference(dump["rank"].to_numpy(), np.asarray(rec["test_ranks"]["ranks"]), users, 10,
+                                   bootstrap=1000, seed=0)
+        out["peers"][peer] = {"record": rec, "paired": paired}
+    return out
+
+
+def collect(runs: Path, name: str, protocols: list[str], peers_dir: Path | None = None) -> dict[str, Any]:
     """Everything the document shows, read back from the run's artefacts."""
     base = runs / name / "base"
     if not (base / "manifest.json").is_file():
@@ -146,25 +181,12 @@ def collect(runs: Path, name: str, protocols: list[str]) -> dict[str, Any]:
             "train_seconds": timings.get("train_seconds", {}).get(protocol, state.get("train", {}).get("train_seconds")),
             # the resolved config the state was trained with (what produced these numbers)
             "config": config_sections((work / "state" / "config.toml").read_text()),
+            "peers": peers_of(peers_dir, name, protocol, work) if peers_dir else None,
         }
     return out
 
 
 # --------------------------------------------------------------------------- the document
-
-
-def peers_ml100k() -> list[str]:
-    """The RecBole table rows of PEERS.md's MovieLens-100k section, verbatim."""
-    path = SHARED / "docs" / "PEERS.md"
-    if not path.is_file():
-        return []
-    lines, inside = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            inside = line.startswith("## MovieLens-100k")
-        elif inside and line.startswith("|"):
-            lines.append(line)
-    return lines
 
 
 def _cell(res: dict[str, Any], metric: str, ci: bool = False) -> str:
@@ -196,10 +218,47 @@ def model_table(report: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _verdict(paired: dict[str, float]) -> str:
+    if paired["lo"] > 0:
+        return "win"
+    return "loss" if paired["hi"] < 0 else "tie"
+
+
+def best_peer(peers: dict[str, Any] | None) -> tuple[str, dict[str, Any]] | None:
+    """The peer with the highest test NDCG@10 (the bar dyembed must clear: the strictest choice)."""
+    if not peers or peers.get("error") or not peers["peers"]:
+        return None
+    name = max(peers["peers"], key=lambda p: peers["peers"][p]["record"]["test"]["per_event"]["ndcg@10"])
+    return name, peers["peers"][name]
+
+
+def peer_table(peers: dict[str, Any] | None) -> list[str]:
+    if peers is None:
+        return ["Peers: not measured for this dataset and protocol (no `bench/peers/run.py` JSON)."]
+    if peers.get("error"):
+        return [f"Peers: not compared — {peers['error']}."]
+    rows = ["Peers on the same split, masking and rank code (`bench/peers/run.py`, tuned on validation, "
+            f"test once; `{Path(peers['path']).name}`). dyembed − peer: per-event NDCG@10 difference on the "
+            "same test events, 95 % paired user bootstrap (1,000 rounds); an interval containing 0 is a tie.", "",
+            "| peer | chosen on validation | validation NDCG@10 | test NDCG@10 (95 % CI) | Recall@10 | "
+            "dyembed − peer (95 % CI) | verdict | train s | tuning s |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for peer, entry in peers["peers"].items():
+        rec, d = entry["record"], entry["paired"]
+        test = rec["test"]
+        lo, hi = test["ci95_per_event"]["ndcg@10"]
+        rows.append(f"| {PEER_NAMES[peer]} | `{json.dumps(rec['chosen'])}` | {rec['validation_ndcg@10']:.4f} | "
+                    f"{test['per_event']['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}] | {test['per_event']['recall@10']:.4f} | "
+                    f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] | {_verdict(d)} | "
+                    f"{rec['train_seconds']:.0f} | {rec['tuning_seconds']:.0f} |")
+    return rows
+
+
 def summary_table(results: dict[str, Any]) -> list[str]:
     """One line per dataset × protocol: dyembed against the best baseline, NDCG@10 with 95 % CI."""
     rows = ["## Summary (NDCG@10, per event, 95 % CI over users)", "",
-            "| dataset | protocol | masked | dyembed | best baseline | dyembed vs it |", "|---|---|---|---|---|---|"]
+            "| dataset | protocol | masked | dyembed | best baseline | best peer | dyembed / peer | "
+            "dyembed − peer (95 % paired CI) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         for protocol, pr in res.get("protocols", {}).items():
             models = pr["report"]["models"]
@@ -207,24 +266,35 @@ def summary_table(results: dict[str, Any]) -> list[str]:
             if "dyembed" not in models or not base:
                 continue
             best = max(base, key=lambda m: base[m]["per_event"]["ndcg@10"])
-            d, b = models["dyembed"]["per_event"]["ndcg@10"], base[best]["per_event"]["ndcg@10"]
-            lift = "–" if not b else f"{100 * (d - b) / b:+.0f}%"
             masked = "yes" if pr["report"]["masking"]["seen_masked"] else "no"
+            top = best_peer(pr.get("peers"))
+            if top is None:
+                peer_cells = "– | – | – | –"
+            else:
+                peer, entry = top
+                test, d = entry["record"]["test"], entry["paired"]
+                lo, hi = test["ci95_per_event"]["ndcg@10"]
+                ratio = d["a"] / d["b"] if d["b"] else float("nan")
+                peer_cells = (f"{PEER_NAMES[peer]} {test['per_event']['ndcg@10']:.4f} [{lo:.4f}, {hi:.4f}] | "
+                              f"{ratio:.2f}× | {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] | {_verdict(d)}")
             rows.append(f"| {name} | {protocol} | {masked} | {_cell(models['dyembed'], 'ndcg@10', True)} | "
-                        f"{best} {_cell(base[best], 'ndcg@10', True)} | {lift} |")
+                        f"{best} {_cell(base[best], 'ndcg@10', True)} | {peer_cells} |")
     return rows + [""]
 
 
-def render(results: dict[str, Any], command: str, started: str, seconds: float) -> str:
+def render(results: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
     import numpy as np
     import tensorflow as tf
 
     out = [
         "# Results: dyembed vs baselines on the reference datasets",
         "",
-        f"Generated by `{command}` on {started} ({seconds / 60:.1f} min on this machine: "
-        f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}, "
-        f"TensorFlow {tf.__version__}, numpy {np.__version__}). Do not edit by hand: rerun the command.",
+        f"Generated on this machine ({os.cpu_count()} CPU cores, {platform.machine()}, Python "
+        f"{platform.python_version()}, TensorFlow {tf.__version__}, numpy {np.__version__}) by the commands "
+        "below; do not edit by hand: rerun them (`--render-only` rewrites the document from the runs on disk).",
+        "",
+        *[f"- {name}: `{r['command']}` on {r['started']}, {r['seconds'] / 60:.1f} min, load average "
+          f"{r.get('load', '?')} at the start" for name, r in runs.items()],
         "",
         "Metric definitions, protocols, tie handling (pessimistic) and baselines: [metrics.md](metrics.md). "
         "All numbers are full-ranking (every item of the catalogue is a candidate), per-event averages; "
@@ -234,7 +304,7 @@ def render(results: dict[str, Any], command: str, started: str, seconds: float) 
         "",
         "Each dataset runs with the config dyembed ships for it (" + ", ".join(
             f"{n}: `configs/{c}.toml`" for n, c in SHIPPED_CONFIG.items()) + "); the bench sets only the "
-        "protocol, the masking (loo: history masked; temporal: not) and the evaluation settings. The exact "
+        "protocol and the evaluation settings (masking follows the one rule of [metrics.md](metrics.md): seen items masked iff the history barely repeats). The exact "
         "resolved config of every run is under its table.",
         "",
     ]
@@ -265,18 +335,7 @@ def render(results: dict[str, Any], command: str, started: str, seconds: float) 
                     f"validation {tr.get('val_metric') or '–'} {tr.get('best_val') if tr.get('best_val') is not None else '–'}), "
                     f"evaluate {rep['seconds']:.0f} s.", ""]
             out += model_table(rep) + [""]
-            if name == "ml-100k" and protocol == "loo":
-                peers = peers_ml100k()
-                if peers:
-                    out += ["RecBole 1.2.1 on the same protocol (reference rows copied from "
-                            "`../shared/docs/PEERS.md`, measured there, not by this command):", ""] + peers + [""]
-                    pop = rep["models"].get("pop")
-                    if pop:
-                        out += [f"dyembed's `pop` row (NDCG@10 {pop['per_event']['ndcg@10']:.4f}) is higher than "
-                                "RecBole's masked Pop row although ties count against it here; counting only the train "
-                                "rows, masking only train items, or breaking ties by item index each moved it by less "
-                                "than 0.002 in a hand check, so the gap is not in those choices and its cause is not "
-                                "known.", ""]
+            out += peer_table(pr.get("peers")) + [""]
             out += ["<details><summary>exact config (state/config.toml of this run)</summary>", "", "```toml",
                     pr["config"].strip(), "```", "", "</details>", ""]
     return "\n".join(out) + "\n"
@@ -288,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "results")
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "results.md")
+    ap.add_argument("--peers", type=Path, default=REPO / "runs" / "peers",
+                    help="folder of bench/peers/run.py JSONs (DATASET-PROTOCOL-auto.json)")
     ap.add_argument("--model", type=Path, default=SHARED / "models" / "all-MiniLM-L6-v2")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config key for every dataset (e.g. train.epochs=2 for a smoke run)")
@@ -307,24 +368,32 @@ def main(argv: list[str] | None = None) -> int:
     args.runs.mkdir(parents=True, exist_ok=True)
     info_path = args.runs / "run_info.json"
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - a bench program may print
-    failures: dict[str, str] = {}
-    if args.render_only:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    else:
+    # one record per dataset (command, start, minutes, load, failure), so datasets run by separate
+    # invocations into the same --runs folder render into one document that names every command
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = info if "runs" in info else {"runs": {}}
+    if not args.render_only:
         command = "python bench/results.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
-        started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        t0 = time.perf_counter()
         for name in names:
+            started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            record: dict[str, Any] = {"command": command, "started": started, "load": round(load, 1)}
             try:
                 run_one(name, protocols, args.runs, args.model, log)
             except Exception as exc:  # noqa: BLE001 - record the failure in the document and go on
                 log(f"{name}: FAILED {type(exc).__name__}: {exc}")
-                failures[name] = f"{type(exc).__name__}: {exc}"
-        info = {"command": command, "started": started, "seconds": time.perf_counter() - t0, "failures": failures}
-        info_path.write_text(json.dumps(info, indent=2))
-    failures = info.get("failures", {})
-    results = {name: ({"error": failures[name]} if name in failures else collect(args.runs, name, protocols)) for name in names}
-    text = render(results, info.get("command", "python bench/results.py"), info.get("started", "?"), info.get("seconds", 0.0))
+                record["failure"] = f"{type(exc).__name__}: {exc}"
+            record["seconds"] = time.perf_counter() - t0
+            # re-read first: another invocation may have finished a dataset meanwhile
+            latest = json.loads(info_path.read_text()) if info_path.is_file() else {}
+            info = latest if "runs" in latest else {"runs": {}}
+            info["runs"][name] = record
+            info_path.write_text(json.dumps(info, indent=2))
+    shown = [n for n in names if n in info["runs"]] if args.render_only else names
+    results = {name: ({"error": info["runs"][name]["failure"]} if "failure" in info["runs"].get(name, {})
+                      else collect(args.runs, name, protocols, args.peers)) for name in shown}
+    text = render(results, {n: info["runs"][n] for n in shown if n in info["runs"]})
     from dyembed.artefacts import write_text
 
     write_text(args.doc, text)

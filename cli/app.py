@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from dyembed import __version__
 from dyembed_cli import common
-from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, preprocess_cmd, state_cmd, synth_cmd, train_cmd, tune_cmd, update_cmd
+from dyembed_cli import demo_cmd, encode_cmd, evaluate_cmd, export_cmd, preprocess_cmd, state_cmd, synth_cmd, train_cmd, tune_cmd, update_cmd
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, bad value, missing argument) as one `error: …` line, exit 2,
+    like every other error (typer would draw a box over several lines)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+            message = " ".join(exc.format_message().split())
+            ctx = getattr(exc, "ctx", None)
+            if message:  # (no arguments at all: the help was shown, nothing to add)
+                hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+                sys.stderr.write(f"error: {message}{hint}\n")
+            sys.exit(exc.exit_code)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
     name="dyembed",
+    cls=_OneLineErrors,
     help="Dynamic user interest embeddings: preprocess logs, encode item texts with a language model, "
     "replay events through per-user online updates, and evaluate Recall@K / NDCG@K.",
     no_args_is_help=True,
@@ -43,7 +68,7 @@ def main_options(
     common.GLOBALS.log_format = log_format
 
 
-for module in (synth_cmd, preprocess_cmd, encode_cmd, train_cmd, tune_cmd, evaluate_cmd, update_cmd, state_cmd, demo_cmd):
+for module in (synth_cmd, preprocess_cmd, encode_cmd, train_cmd, tune_cmd, evaluate_cmd, update_cmd, state_cmd, export_cmd, demo_cmd):
     module.register(app)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 
 from dyembed.config import Config, load_config
-from dyembed.errors import EXIT_UNEXPECTED, DyembedError
+from dyembed.errors import EXIT_STATE, EXIT_UNEXPECTED, EXIT_USAGE, DyembedError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,9 +78,32 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def guarded(fn: F) -> F:
-    """Turn DyembedError into `error: …` + its exit code; anything else into exit 1 (traceback with --debug)."""
+# OS errors of the machine rather than of dyembed: a full disk, a read-only or foreign-owned
+# directory, a path of the wrong kind. Exit 4 (the work dir / output cannot be written), naming the path.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+                      errno.ENOTDIR, errno.ELOOP, errno.EEXIST, errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE}
 
+
+def environment_error(exc: OSError) -> str | None:
+    """The one-line message for an OS error of the machine (see ENVIRONMENT_ERRNOS), else None."""
+    if exc.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    path = exc.filename if exc.filename is not None else "a file"
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror or "")
+    return f"cannot write or open {path}: {what}; nothing was replaced (the previous outputs and state are intact)"
+
+
+def _debug_traceback() -> None:
+    import traceback
+
+    traceback.print_exc(file=sys.stderr)
+
+
+def guarded(fn: F) -> F:
+    """Turn DyembedError into `error: …` + its exit code, a usage error into exit 2, an OS error of
+    the machine (disk full, read-only, permissions) into exit 4, anything else into exit 1.
+    --debug adds the traceback; the exit code stays the same."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         setup_logging()
@@ -87,13 +111,25 @@ def guarded(fn: F) -> F:
             return fn(*args, **kwargs)
         except DyembedError as exc:
             if GLOBALS.debug:
-                raise
+                _debug_traceback()
             raise fail(str(exc), exc.exit_code) from None
+        except typer.BadParameter as exc:
+            if GLOBALS.debug:
+                _debug_traceback()
+            raise fail(" ".join(exc.format_message().split()), EXIT_USAGE) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except OSError as exc:
+            if GLOBALS.debug:
+                _debug_traceback()
+            message = environment_error(exc)
+            if message is not None:
+                raise fail(message, EXIT_STATE) from None
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise fail(f"unexpected {text} (rerun with --debug for the traceback)", EXIT_UNEXPECTED) from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence of a CLI
             if GLOBALS.debug:
-                raise
+                _debug_traceback()
             text = " ".join(f"{type(exc).__name__}: {exc}".split())
             raise fail(f"unexpected {text} (rerun with --debug for the traceback)", EXIT_UNEXPECTED) from None
 
@@ -128,3 +164,25 @@ def note(message: str) -> None:
     """A one-line message for the human at the terminal (silenced by --quiet)."""
     if not GLOBALS.quiet:
         err.print(message, markup=False)
+
+
+def check_output(path: str | Path | None, flag: str, *, kind: str = "file") -> None:
+    """Before any work: an output path a command will write must be of the right kind and in a
+    writable place (exit 2 for the kind, 4 when the place cannot be written), so that a run does
+    not fail after minutes of work. `kind`: "file" or "dir"; None and "-" (stdout) pass."""
+    from dyembed.errors import ConfigError, StateError
+
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} exists and is not a directory; give a directory (new or existing)")
+    place = path if kind == "dir" and path.is_dir() else path.parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise ConfigError(f"{flag} {path}: {place} is not a directory")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise StateError(f"cannot write {flag} {path}: {place} is not writable")

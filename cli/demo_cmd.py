@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, SetOpt, guarded, note, resolve_config
+from dyembed_cli.common import ConfigOpt, SetOpt, check_output, guarded, note, resolve_config
 
 
 
@@ -39,6 +39,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate a synthetic drifting-interest world and run preprocess → encode → train → evaluate on it."""
         from dyembed.pipeline import run_demo
+
+        check_output(out_dir, "--out", kind="dir")
         from dyembed_cli.evaluate_cmd import render_report
 
         cfg = resolve_config(config or Path("demo"), set_)  # the built-in configs/demo.toml

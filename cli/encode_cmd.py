@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dyembed_cli.common import GLOBALS, ConfigOpt, SetOpt, guarded, note, out, progress_bar, resolve_config
+from dyembed_cli.common import GLOBALS, ConfigOpt, SetOpt, check_output, guarded, note, out, progress_bar, resolve_config
 
 
 def register(app: typer.Typer) -> None:
@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from dyembed.encode.run import encode as run_encode
+
+        check_output(json_path, "--json")
 
         flags = {"encode.batch_size": batch_size, "encode.adapt_steps": adapt_steps}
         cfg = resolve_config(config, set_, flags, workdir)

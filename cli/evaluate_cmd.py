@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, SetOpt, err, guarded, note, out, progress_bar, resolve_config
+from dyembed_cli.common import ConfigOpt, SetOpt, check_output, err, guarded, note, out, progress_bar, resolve_config
 
 MODEL_ORDER = ["dyembed", "frozen", "static", "history-mean", "pop", "recent-pop", "random"]
 
@@ -134,6 +134,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rank every test event over the full catalogue with the dynamic model and baselines; report Recall/NDCG/MRR."""
         from dyembed.evaluate.run import evaluate
+
+        for flag, path in (("--json", json_out), ("--dump-ranks", dump_ranks), ("--plot", plot)):
+            check_output(path, flag)
 
         start = parse_test_start(test_start)
         flags = {"evaluate.protocol": protocol, "evaluate.test_fraction": test_fraction, "evaluate.test_start": start,

@@ -86,8 +86,14 @@ def register(app: typer.Typer) -> None:
 
         The next `dyembed update` / `train --resume` replays every event after the restored
         state's watermark again, so the events are not lost — only the state moves back."""
+        import math
+
         from dyembed.state_versions import rollback
 
+        if not math.isfinite(wait) or wait < 0:
+            raise typer.BadParameter(f"must be a number of seconds >= 0; got {wait:g}", param_hint="--wait")
+        if to is not None and to < 1:
+            raise typer.BadParameter(f"must be a state version (1 or more); got {to}", param_hint="--to")
         info = rollback(workdir, version=to, wait=wait)
         note(f"state version {info['restored']} is current again (was {info['replaced']}); "
              f"watermark row {info['watermark']['rows']:,}")

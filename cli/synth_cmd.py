@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, SetOpt, guarded, note, progress_bar, resolve_config
+from dyembed_cli.common import ConfigOpt, SetOpt, check_output, guarded, note, progress_bar, resolve_config
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate a synthetic drifting-interest world (raw CSV/JSONL, streamed: 10M events fit in memory)."""
         from dyembed.synth import generate
+
+        check_output(out, "--out", kind="dir")
 
         flags = {"synth.users": users, "synth.items": items, "synth.events": events, "synth.topics": topics,
                  "synth.drift_rate": drift_rate, "synth.seed": seed}

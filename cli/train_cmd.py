@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dyembed_cli.common import ConfigOpt, SetOpt, guarded, note, out, progress_bar, resolve_config
+from dyembed_cli.common import ConfigOpt, SetOpt, check_output, guarded, note, out, progress_bar, resolve_config
 
 
 def render_summary(summary: dict[str, Any]) -> None:
@@ -68,6 +68,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("must be loo, temporal or none", param_hint="--protocol")
         if device is not None and device not in ("auto", "cpu", "gpu"):
             raise typer.BadParameter("must be auto, cpu or gpu", param_hint="--device")
+        check_output(json_path, "--json")
+        check_output(tensorboard, "--tensorboard", kind="dir")
         from dyembed.replay.train import train
 
         flags = {"train.epochs": epochs, "train.protocol": protocol, "runtime.device": device,

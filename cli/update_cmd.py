@@ -59,10 +59,12 @@ def register(app: typer.Typer) -> None:
         from dyembed.preprocess.pseudonym import salt_from
         from dyembed.update import update
 
-        if wait is not None and wait < 0:
-            raise typer.BadParameter("must be >= 0", param_hint="--wait")
+        import math
+
+        if wait is not None and (not math.isfinite(wait) or wait < 0):
+            raise typer.BadParameter(f"must be a number of seconds >= 0; got {wait:g}", param_hint="--wait")
         if keep is not None and keep < 1:
-            raise typer.BadParameter("must be >= 1", param_hint="--keep")
+            raise typer.BadParameter(f"must be >= 1 (the number of previous state versions kept); got {keep}", param_hint="--keep")
         flags: dict[str, Any] = {"runtime.lock_wait": wait}
         if keep is not None:
             flags["runtime.keep_states"] = keep

@@ -71,6 +71,12 @@ class DataConfig:
     # fields of the items file joined into the item text; "" = the format's own default
     # (generic and synth: "{title}. {description}")
     text_template: str = ""
+    # user-generated, time-stamped text fields (movielens-latest tags) are used only when dated
+    # before this time, so item features carry no information from the evaluation's test period:
+    # "cut" = the temporal split's cut (evaluate.test_start, else the evaluate.test_fraction
+    # quantile of the log's times, as `evaluate --protocol temporal` draws it); "all" (every tag:
+    # for serving, not for evaluating); "none" (no tags); or a time (unix seconds or ISO date)
+    tags_before: str = "cut"
     # unix (seconds), unix_ms, auto (s/ms/µs/ns by magnitude, per value), iso, or a strftime pattern
     time_format: str = "auto"
     # generic CSV: None = from the extension (.tsv → tab) or sniffed from the header line
@@ -202,6 +208,10 @@ class TrainConfig:
     patience: int = 3
     validation: bool = True
     val_k: int = 10
+    # after early stopping, train θ again from its initial value on train + validation rows for the
+    # chosen number of epochs, so θ also learns from the validation events (what the peers do for
+    # their test model); doubles the training time
+    refit: bool = False
     # split used for training: "evaluate" takes [evaluate] protocol/test_fraction/test_start;
     # "none" trains on every event (production / cron)
     protocol: str = _choice("evaluate", ["evaluate", "loo", "temporal", "none"])
@@ -307,7 +317,9 @@ INT64 = 2**63 - 1
 # every int / float key of every section (a test checks that none is missing): lists (evaluate.ks)
 # are checked element by element, None is allowed where the annotation allows it
 CONSTRAINTS: dict[str, Range] = {
-    "synth.users": AT_LEAST_1, "synth.items": AT_LEAST_1, "synth.events": AT_LEAST_1, "synth.topics": AT_LEAST_1,
+    # upper bounds: what one machine can generate (1e9 events are ~33 GB of CSV)
+    "synth.users": Range(1, 100_000_000), "synth.items": Range(1, 100_000_000), "synth.events": Range(1, 1_000_000_000),
+    "synth.topics": AT_LEAST_1,
     "synth.seed": AT_LEAST_0, "synth.drift_rate": AT_LEAST_0, "synth.focus": FRACTION,
     "synth.popularity_exponent": AT_LEAST_0, "synth.start_time": AT_LEAST_0, "synth.span_days": POSITIVE,
     "synth.malformed_rows": AT_LEAST_0,
@@ -359,9 +371,13 @@ def check_values(cfg: "Config") -> None:
     that is not. load_config calls it; library entry points (train, evaluate, …) too, for configs
     built in code."""
     for section in dataclasses.fields(cfg):
-        values = getattr(cfg, section.name)
-        for f in dataclasses.fields(values):
-            _check_value(f"{section.name}.{f.name}", getattr(values, f.name))
+        check_section(section.name, getattr(cfg, section.name))
+
+
+def check_section(name: str, values: Any) -> None:
+    """check_values for one section (e.g. a SynthConfig handed to `dyembed.synth.generate`)."""
+    for f in dataclasses.fields(values):
+        _check_value(f"{name}.{f.name}", getattr(values, f.name))
 
 
 def _section_types(section_cls: type) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,33 @@ class WorkdirLock:
         self.poll = poll
         self._fh = None
 
-    def _read_holder(self) -> dict[str, Any]:
+    def _read_holder(self, fh) -> dict[str, Any]:
         try:
-            text = self.path.read_text(encoding="utf-8").strip()
+            fh.seek(0)
+            text = fh.read(64 << 10).strip()
             return json.loads(text) if text else {}
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return {}
+
+    def _open(self):
+        """The lock file, never through a symbolic link (a link planted at the lock path would make
+        every writing command truncate its target), and only a regular file."""
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise StateError(f"work directory {self.path.parent} is not a directory")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateError(f"lock file {self.path} is a symbolic link; remove it (dyembed never creates one) "
+                                 "and rerun") from None
+            if exc.errno == errno.EISDIR:
+                raise StateError(f"lock file {self.path} is a directory; remove it and rerun") from None
+            raise StateError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"lock file {self.path} is not a regular file; remove it and rerun")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "r+", encoding="utf-8")
 
     def acquire(self) -> "WorkdirLock":
         key = self.path.resolve()
@@ -74,8 +96,9 @@ class WorkdirLock:
         self._reentered = False
         # a run that fails in a fresh directory should leave nothing behind, not just a lock file
         self._created_dir = not self.path.parent.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self._open()
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -86,12 +109,12 @@ class WorkdirLock:
                     fh.close()
                     raise StateError(f"cannot lock {self.path}: {exc.strerror}") from None
                 if time.monotonic() >= deadline:
-                    holder = self._read_holder()
+                    holder = self._read_holder(fh)
                     fh.close()
                     waited = f" after waiting {self.wait:g} s" if self.wait else ""
                     raise StateError(f"work directory {self.path.parent} is locked by {_describe(holder)}{waited}; use --wait SECONDS to wait for it") from None
                 time.sleep(self.poll)
-        previous = self._read_holder()
+        previous = self._read_holder(fh)
         if previous.get("pid") and previous.get("pid") != os.getpid():
             same_host = previous.get("host") == socket.gethostname()
             state = "not running" if same_host and not _pid_alive(int(previous["pid"])) else "its lock was released"

@@ -74,6 +74,18 @@ def _quantile_cut(ts: np.ndarray, fraction: float) -> int:
     return int(np.sort(ts, kind="stable")[position])
 
 
+def temporal_cut(ts: np.ndarray, test_fraction: float | None, test_start: int | None = None) -> int:
+    """The temporal protocol's cut: rows with ts >= cut are test (`test_start`, else the quantile)."""
+    ts = np.asarray(ts)
+    if len(ts) == 0:
+        raise InputDataError("temporal split of an empty event log")
+    if test_start is not None:
+        return int(test_start)
+    if test_fraction is None or not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"config key 'evaluate.test_fraction' must be between 0 and 1 (exclusive), got {test_fraction!r}")
+    return _quantile_cut(ts, test_fraction)
+
+
 def temporal_split(
     ts: np.ndarray,
     *,
@@ -89,14 +101,7 @@ def temporal_split(
     `validation_fraction` (0 → no validation rows).
     """
     ts = np.asarray(ts)
-    if len(ts) == 0:
-        raise InputDataError("temporal split of an empty event log")
-    if test_start is None:
-        if test_fraction is None or not 0.0 < test_fraction < 1.0:
-            raise ConfigError(f"config key 'evaluate.test_fraction' must be between 0 and 1 (exclusive), got {test_fraction!r}")
-        cut = _quantile_cut(ts, test_fraction)
-    else:
-        cut = int(test_start)
+    cut = temporal_cut(ts, test_fraction, test_start)
     if not 0.0 <= validation_fraction < 1.0:
         raise ConfigError(f"config key 'train.validation_fraction' must be in [0, 1), got {validation_fraction!r}")
     roles = np.zeros(len(ts), np.int8)

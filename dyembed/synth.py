@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dyembed.artefacts import atomic_path, write_json
-from dyembed.config import SynthConfig
-from dyembed.errors import ConfigError
+from dyembed.artefacts import atomic_group, write_json_to
+from dyembed.config import SynthConfig, check_section
+from dyembed.errors import ConfigError, StateError
 
 TOPIC_WORDS: dict[str, list[str]] = {
     "cooking": "recipe kitchen garlic pasta oven bake sauce chef flavour spice dinner roast simmer dough butter herbs soup grill dessert bread".split(),
@@ -135,57 +135,84 @@ BLOCK = 100_000  # events per RNG block: each block has its own stream, so outpu
 
 def generate(cfg: SynthConfig, out_dir: str | Path, progress: Callable[[int], None] | None = None) -> dict:
     """Write events.csv, items.jsonl and world.json for the world `cfg` describes; return counts."""
-    world = World(cfg)
+    check_section("synth", cfg)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"synth output {out_dir} exists and is not a directory")
+    _check_free_space(cfg, out_dir)
+    world = World(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     text_rng = np.random.default_rng([cfg.seed, 1])
 
-    with atomic_path(out_dir / "items.jsonl") as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            for row in _item_texts(world, text_rng):
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    # the three files are replaced together (all or none): a failed run leaves no partial world
+    with atomic_group(out_dir) as group:
+        return _write_world(cfg, world, text_rng, group, progress)
+
+
+# bytes of events.csv per event (ids, a 10-digit time, "click") and of items.jsonl per item, rounded up
+_EVENT_BYTES, _ITEM_BYTES = 36, 400
+
+
+def _check_free_space(cfg: SynthConfig, out_dir: Path) -> None:
+    import shutil
+
+    place = out_dir
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    need = cfg.events * _EVENT_BYTES + cfg.items * _ITEM_BYTES
+    free = shutil.disk_usage(place).free
+    if need > free:
+        raise StateError(f"synth of {cfg.events:,} events needs about {need / 1e9:,.1f} GB in {place}, "
+                         f"but only {free / 1e9:,.1f} GB are free; use fewer --events or another --out")
+
+
+def _write_world(cfg: SynthConfig, world: "World", text_rng, group, progress) -> dict:
+    tmp = group.path("items.jsonl")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        for row in _item_texts(world, text_rng):
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     span = cfg.span_days * 86_400.0
     malformed_at = set(np.linspace(0, cfg.events - 1, cfg.malformed_rows + 2, dtype=np.int64)[1:-1].tolist()) if cfg.malformed_rows else set()
     malformed_kinds = ["missing_user", "bad_timestamp", "unknown_item", "duplicate"]
     written = 0
-    with atomic_path(out_dir / "events.csv") as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write("user_id,item_id,timestamp,event\n")
-            for lo in range(0, cfg.events, BLOCK):
-                hi = min(lo + BLOCK, cfg.events)
-                n = hi - lo
-                event_rng = np.random.default_rng([cfg.seed, 2, lo // BLOCK])
-                frac = (np.arange(lo, hi) + event_rng.random(n)) / cfg.events
-                ts = (cfg.start_time + frac * span).astype(np.int64)
-                users = np.searchsorted(world.user_cdf, event_rng.random(n), side="right")
-                users = np.minimum(users, cfg.users - 1)
-                topics = world.interest_topic(users, frac, event_rng)
-                u = event_rng.random(n)
-                focused = event_rng.random(n) < cfg.focus
-                items = np.minimum(np.searchsorted(world.global_cdf, u, side="right"), cfg.items - 1)
-                for t in np.unique(topics[focused]):
-                    sel = np.flatnonzero(focused & (topics == t))
-                    pos = np.minimum(np.searchsorted(world.topic_cdf[t], u[sel], side="right"), len(world.topic_items[t]) - 1)
-                    items[sel] = world.topic_items[t][pos]
-                lines = []
-                for k in range(n):
-                    line = f"u{users[k]:06d},i{items[k]:06d},{ts[k]},click"
-                    lines.append(line)
-                    if lo + k in malformed_at:
-                        kind = malformed_kinds[sorted(malformed_at).index(lo + k) % len(malformed_kinds)]
-                        if kind == "missing_user":
-                            lines.append(f",i{items[k]:06d},{ts[k]},click")
-                        elif kind == "bad_timestamp":
-                            lines.append(f"u{users[k]:06d},i{items[k]:06d},not-a-time,click")
-                        elif kind == "unknown_item":
-                            lines.append(f"u{users[k]:06d},x{items[k]:06d},{ts[k]},click")
-                        else:
-                            lines.append(line)
-                fh.write("\n".join(lines) + "\n")
-                written = hi
-                if progress:
-                    progress(written)
+    tmp = group.path("events.csv")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("user_id,item_id,timestamp,event\n")
+        for lo in range(0, cfg.events, BLOCK):
+            hi = min(lo + BLOCK, cfg.events)
+            n = hi - lo
+            event_rng = np.random.default_rng([cfg.seed, 2, lo // BLOCK])
+            frac = (np.arange(lo, hi) + event_rng.random(n)) / cfg.events
+            ts = (cfg.start_time + frac * span).astype(np.int64)
+            users = np.searchsorted(world.user_cdf, event_rng.random(n), side="right")
+            users = np.minimum(users, cfg.users - 1)
+            topics = world.interest_topic(users, frac, event_rng)
+            u = event_rng.random(n)
+            focused = event_rng.random(n) < cfg.focus
+            items = np.minimum(np.searchsorted(world.global_cdf, u, side="right"), cfg.items - 1)
+            for t in np.unique(topics[focused]):
+                sel = np.flatnonzero(focused & (topics == t))
+                pos = np.minimum(np.searchsorted(world.topic_cdf[t], u[sel], side="right"), len(world.topic_items[t]) - 1)
+                items[sel] = world.topic_items[t][pos]
+            lines = []
+            for k in range(n):
+                line = f"u{users[k]:06d},i{items[k]:06d},{ts[k]},click"
+                lines.append(line)
+                if lo + k in malformed_at:
+                    kind = malformed_kinds[sorted(malformed_at).index(lo + k) % len(malformed_kinds)]
+                    if kind == "missing_user":
+                        lines.append(f",i{items[k]:06d},{ts[k]},click")
+                    elif kind == "bad_timestamp":
+                        lines.append(f"u{users[k]:06d},i{items[k]:06d},not-a-time,click")
+                    elif kind == "unknown_item":
+                        lines.append(f"u{users[k]:06d},x{items[k]:06d},{ts[k]},click")
+                    else:
+                        lines.append(line)
+            fh.write("\n".join(lines) + "\n")
+            written = hi
+            if progress:
+                progress(written)
 
     summary = {
         "generator": "dyembed.synth",
@@ -197,5 +224,5 @@ def generate(cfg: SynthConfig, out_dir: str | Path, progress: Callable[[int], No
         "items": cfg.items,
         "files": {"events": "events.csv", "items": "items.jsonl"},
     }
-    write_json(out_dir / "world.json", summary)
+    write_json_to(group.path("world.json"), summary)
     return summary

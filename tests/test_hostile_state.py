@@ -313,7 +313,7 @@ CASES = [
          r"state file .*U.npy holds non-finite numbers", _nan_in("U.npy")),
     Case("NaN in U, then state verify", ["state", "verify", "{w}"], 4, r"U.npy holds 1 non-finite numbers",
          _nan_in("U.npy")),
-    Case("inf in U, then resume", ["train", "{w}", "--resume"], 4, r"U.npy holds non-finite numbers",
+    Case("inf in U, then resume", ["train", "{w}", "--resume"], 4, r"U.npy holds 1 non-finite",
          _nan_in("U.npy", float("inf"))),
     Case("NaN in U, then update", ["update", "{w}", "--new-log", "{raw}/new.csv"], 4, r"U.npy holds 1 non-finite",
          _nan_in("U.npy")),

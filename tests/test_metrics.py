@@ -192,3 +192,25 @@ def test_popularity_percentile_and_coverage():
     pct = popularity_percentile(counts)
     assert res["pop_percentile@1"] == pytest.approx((pct[5] * 2 + pct[4]) / 3)
     assert res["pop_percentile@2"] == pytest.approx((2 * pct[5] + pct[3] + pct[2] + pct[4]) / 5)
+
+
+def test_paired_difference_is_the_difference_of_per_event_means_with_a_paired_interval():
+    from dyembed.evaluate.metrics import ndcg_at_k, paired_difference
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 50, 400)
+    a = rng.integers(1, 30, 400)
+    b = np.maximum(1, a + rng.integers(-3, 6, 400))  # B ranks the same queries somewhat worse
+    res = paired_difference(a, b, users, 10, bootstrap=300, seed=1)
+    assert res["a"] == pytest.approx(float(ndcg_at_k(a, 10).mean()))
+    assert res["diff"] == pytest.approx(float((ndcg_at_k(a, 10) - ndcg_at_k(b, 10)).mean()))
+    assert res["lo"] <= res["diff"] <= res["hi"] and res["lo"] > 0
+    # the paired interval is narrower than the spread of either model's own bootstrap
+    acc = RankAccumulator([10])
+    acc.update(a, users)
+    lo, hi = acc.result(bootstrap=300, seed=1)["ci_per_event"]["ndcg@10"]
+    assert res["hi"] - res["lo"] < hi - lo
+    same = paired_difference(a, a, users, 10, bootstrap=50)
+    assert same["diff"] == same["lo"] == same["hi"] == 0.0
+    with pytest.raises(ValueError, match="same non-empty"):
+        paired_difference(a, b[:-1], users, 10)

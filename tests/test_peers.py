@@ -147,6 +147,9 @@ def test_harness_pop_ranks_equal_dyembed_evaluate_pop_ranks(tmp_path, tmp_path_f
     assert list(dump.item_id) == [f"i{j}" for j in world.log.item_idx[test_rows]]
     np.testing.assert_array_equal(dump["rank"].to_numpy(), ranks)
     assert report["masking"]["seen_masked"] == masking.masked == (mask == "on")
+    saved = records[cfg.evaluate.mask_seen]["test_ranks"]
+    assert saved["rows"] == test_rows.tolist()
+    np.testing.assert_array_equal(saved["ranks"], dump["rank"].to_numpy())
     got = records[cfg.evaluate.mask_seen]["test"]
     assert got["per_event"] == report["models"]["pop"]["per_event"]
     assert got["ci95_per_event"] == report["models"]["pop"]["ci95_per_event"]

@@ -190,3 +190,32 @@ def test_stop_gradient_variant_trains(tmp_path):
     wd = write_workdir(tmp_path / "wd", users, items, ts, X)
     summary = train(wd, tiny_config(train__meta=False, train__epochs=2))
     assert np.isfinite(summary["history"][-1]["loss"])
+
+
+def test_refit_retrains_theta_on_train_and_validation_rows_for_the_chosen_epochs(tmp_path):
+    """train.refit: θ learns from the validation events too; without it they only choose the epoch."""
+    from dyembed.split import VALIDATION
+    from dyembed.replay.train import compute_roles, split_settings, train
+
+    X = features(20, 8, seed=1)
+    users, items, ts = random_events(400, 12, 20, seed=2)
+    cfg = tiny_config(train__epochs=1)
+    roles = compute_roles(users, ts, split_settings(cfg))
+    moved = items.copy()
+    moved[roles == VALIDATION] = (moved[roles == VALIDATION] + 7) % 20  # other validation answers
+    thetas = {}
+    for refit in (False, True):
+        for name, its in (("same", items), ("moved", moved)):
+            wd = write_workdir(tmp_path / f"{name}-{refit}", users, its, ts, X)
+            summary = train(wd, tiny_config(train__epochs=1, train__refit=refit))
+            thetas[refit, name] = dict(np.load(wd / "state" / "theta.npz"))
+            manifest = json.loads((wd / "state" / "manifest.json").read_text())
+            assert manifest["watermark"]["rows"] == len(users)  # the serving state still holds every row
+            if refit:
+                assert summary["refit"]["epochs"] == summary["best_epoch"] == 1
+                assert summary["refit"]["events"] == summary["train_events"] + summary["validation_events"]
+            else:
+                assert summary["refit"] is None
+    assert all(np.array_equal(thetas[False, "same"][k], thetas[False, "moved"][k]) for k in thetas[False, "same"])
+    assert any(not np.array_equal(thetas[True, "same"][k], thetas[True, "moved"][k]) for k in thetas[True, "same"])
+    assert any(not np.array_equal(thetas[True, "same"][k], thetas[False, "same"][k]) for k in thetas[True, "same"])

@@ -352,6 +352,9 @@ def run_peer(peer: Peer, world: World, mask_settings: Sequence[str], *, time_bud
             "rank_seconds": round(rank_seconds, 2),
             "final": final.info,
             "test": test_metrics(world, world.test, ranks[m]),
+            # per test event, in row order (the rows `dyembed evaluate` ranks): what a paired
+            # bootstrap against another model on the same events needs
+            "test_ranks": {"rows": world.test.target_rows.tolist(), "ranks": np.asarray(ranks[m]).tolist()},
         }
     return records
 

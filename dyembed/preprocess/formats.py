@@ -10,6 +10,7 @@ fields), the default text template and the timestamp format. Explicit `data.even
 from __future__ import annotations
 
 import ast
+import contextvars
 import csv
 import io
 import json
@@ -68,6 +69,30 @@ class ItemsData:
     rows_in: int = 0
     rows_without_id: int = 0
     duplicates_merged: int = 0
+    # user-generated, time-stamped values (tags): field → item id → [(unix seconds, value)] in file
+    # order; preprocess puts into `fields` only those dated before data.tags_before (apply_dated)
+    dated: dict[str, dict[str, list[tuple[int, str]]]] = field(default_factory=dict)
+
+    def apply_dated(self, before: int | None) -> dict[str, int]:
+        """Fill each dated field with its distinct values (case-insensitive, file order) dated
+        before `before` (None: all). Returns how many values were used and left out."""
+        used = dropped = 0
+        for name, by_item in self.dated.items():
+            for item_id, values in by_item.items():
+                if item_id not in self.fields:
+                    continue
+                seen: set[str] = set()
+                kept = []
+                for ts, value in values:
+                    if before is not None and ts >= before:
+                        dropped += 1
+                        continue
+                    used += 1
+                    if value.lower() not in seen:
+                        seen.add(value.lower())
+                        kept.append(value)
+                self.fields[item_id][name] = kept
+        return {"used": used, "left_out": dropped}
 
 
 @dataclass
@@ -116,14 +141,22 @@ def _rename(chunk: Chunk, mapping: dict[str, str]) -> Chunk:
     """File columns → canonical names (only the mapped ones, in mapping order)."""
     table = chunk.table
     cols = {canon: table.column(src) for canon, src in mapping.items() if src in table.column_names}
-    return Chunk(pa.table(cols), chunk.lines, chunk.malformed)
+    return Chunk(pa.table(cols), chunk.lines, chunk.malformed, chunk.blank)
+
+
+# set by make_plan(hide_found=True) when user ids are hashed: a log without a header has a data row
+# (a raw user id) where the column names should be, so they are counted, never printed
+_HIDE_FOUND: contextvars.ContextVar[bool] = contextvars.ContextVar("hide_found", default=False)
 
 
 def _check_columns(path: Path, what: str, found: list[str], mapping: dict[str, str], hint: str) -> None:
     missing = [src for src in mapping.values() if src not in found]
     if not missing:
         return
-    shown = ", ".join(found[:8]) + (" …" if len(found) > 8 else "")
+    if _HIDE_FOUND.get():
+        shown = f"{len(found)} column(s), not shown because user ids are hashed (no header line? its first line may be a data row)"
+    else:
+        shown = ", ".join(found[:8]) + (" …" if len(found) > 8 else "")
     if len(missing) == len(mapping):
         raise InputDataError(
             f"{what} {path} has none of the mapped columns ({', '.join(mapping.values())}); found: {shown or 'nothing'}{hint}"
@@ -282,10 +315,14 @@ def _with(cfg: DataConfig, **changes) -> DataConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, encoding: str, what: str = "file") -> Iterator[tuple[int, str]]:
+    """(physical line number, text) of the non-blank lines."""
     with open_binary(path) as fh:
         for number, raw in enumerate(fh, start=1):
-            text = raw.decode(encoding).rstrip("\r\n")
+            try:
+                text = raw.decode(encoding).rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise InputDataError(f"{what} {path} is not valid {encoding} (line {number})") from None
             if text.strip():
                 yield number, text
 
@@ -404,13 +441,17 @@ def _movielens_latest(cfg: DataConfig, template: str) -> Plan:
                                     "tags": []}
         if tags_file and tags_file.is_file():
             data.files.append(tags_file)
-            seen: dict[str, set[str]] = {}
-            # user tags, distinct per movie (case-insensitive), in file order
-            for _, row in _csv_dicts(tags_file, "tags file"):
+            # user tags with their time: preprocess keeps those dated before data.tags_before
+            tags: dict[str, list[tuple[int, str]]] = {}
+            for number, row in _csv_dicts(tags_file, "tags file"):
                 item_id, tag = (row.get("movieId") or "").strip(), (row.get("tag") or "").strip()
-                if item_id in data.fields and tag and tag.lower() not in seen.setdefault(item_id, set()):
-                    seen[item_id].add(tag.lower())
-                    data.fields[item_id]["tags"].append(tag)
+                stamp = (row.get("timestamp") or "").strip()
+                if item_id in data.fields and tag:
+                    if not stamp.lstrip("-").isdigit():
+                        raise InputDataError(f"tags file {tags_file} line {number} has no unix timestamp "
+                                             f"(got {stamp[:30]!r}); tags are used only when dated (data.tags_before)")
+                    tags.setdefault(item_id, []).append((int(stamp), tag))
+            data.dated["tags"] = tags
         return data
 
     if it:
@@ -469,17 +510,21 @@ def _mind_source(path: Path, chunk_rows: int) -> EventSource:
         times: list[str] = []
         lines: list[int] = []
         malformed: list[tuple[int, str]] = []
+        blank = [0, 0]  # blank lines since the last chunk, the last line number seen
 
         def flush() -> Chunk:
             table = pa.table({"user": pa.array(users, pa.string()), "item": pa.array(items, pa.string()),
                               "timestamp": pa.array(times, pa.string()), "event": pa.array(["click"] * len(users), pa.string())})
-            chunk = Chunk(table, np.asarray(lines, dtype=np.int64), list(malformed))
+            chunk = Chunk(table, np.asarray(lines, dtype=np.int64), list(malformed), blank[0])
             for buf in (users, items, times, lines, malformed):
                 buf.clear()
+            blank[0] = 0
             return chunk
 
         try:
-            for number, line in _lines(path, "utf-8"):
+            for number, line in _lines(path, "utf-8", "behaviors file"):
+                blank[0] += number - blank[1] - 1
+                blank[1] = number
                 parts = line.split("\t")
                 if len(parts) != 5:
                     malformed.append((number, line))
@@ -495,7 +540,7 @@ def _mind_source(path: Path, chunk_rows: int) -> EventSource:
                     yield flush()
         except UnicodeDecodeError:
             raise InputDataError(f"behaviors file {path} is not valid utf-8") from None
-        if users or malformed:
+        if users or malformed or blank[0]:
             yield flush()
 
     return EventSource(path, reader)
@@ -623,10 +668,16 @@ FORMATS: dict[str, Callable[[DataConfig, str], Plan]] = {
 }
 
 
-def make_plan(cfg: DataConfig) -> Plan:
-    """Resolve the configured format into sources, an items loader, template and time format."""
+def make_plan(cfg: DataConfig, *, hide_found: bool = False) -> Plan:
+    """Resolve the configured format into sources, an items loader, template and time format.
+
+    `hide_found`: user ids are hashed, so error messages never quote a file's first line."""
     if cfg.format not in FORMATS:
         raise ConfigError(f"config key 'data.format' must be one of {', '.join(FORMATS)}; got {cfg.format!r}")
     template = cfg.text_template or DEFAULT_TEMPLATES[cfg.format]
     template_fields(template)  # a malformed template is a config error before any reading
-    return FORMATS[cfg.format](cfg, template)
+    token = _HIDE_FOUND.set(hide_found)
+    try:
+        return FORMATS[cfg.format](cfg, template)
+    finally:
+        _HIDE_FOUND.reset(token)

@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class Chunk:
     table: pa.Table  # string columns
     lines: np.ndarray  # int64, 1-based line (or row) number of each row in its file
     malformed: list[tuple[int, str]] = field(default_factory=list)  # (line, raw text)
+    blank: int = 0  # blank lines met since the previous chunk (not rows; they keep their line numbers)
 
 
 def is_gzip(path: Path) -> bool:
@@ -39,8 +41,40 @@ def is_gzip(path: Path) -> bool:
         return fh.read(2) == b"\x1f\x8b"
 
 
+class _CheckedGzip(gzip.GzipFile):
+    """A gzip stream whose truncation or corruption is an input error naming the file (exit 3),
+    wherever it is read from (our loops, csv, pyarrow's reader)."""
+
+    def _checked(self, method, *args):
+        try:
+            return method(*args)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise InputDataError(
+                f"{self.name} is not a complete gzip file ({' '.join(str(exc).split()) or type(exc).__name__}); "
+                "was it truncated in transfer? Fetch it again"
+            ) from None
+
+    def read(self, size=-1):
+        return self._checked(super().read, size)
+
+    def read1(self, size=-1):
+        return self._checked(super().read1, size)
+
+    def readline(self, size=-1):
+        return self._checked(super().readline, size)
+
+    def readinto(self, b):
+        return self._checked(super().readinto, b)
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
 def open_binary(path: Path):
-    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+    return _CheckedGzip(str(path), "rb") if is_gzip(path) else open(path, "rb")
 
 
 def file_kind(path: str | Path) -> str:
@@ -68,10 +102,10 @@ def check_input_file(path: str | Path, what: str) -> Path:
     if path.stat().st_size == 0:
         raise InputDataError(f"{what} is empty: {path}")
     if is_gzip(path):
-        with gzip.open(path, "rb") as fh:
+        with open_binary(path) as fh:
             try:
                 empty = fh.read(1) == b""
-            except (OSError, EOFError) as exc:
+            except OSError as exc:
                 raise InputDataError(f"{what} {path} is not a readable gzip file: {exc}") from None
         if empty:
             raise InputDataError(f"{what} is empty: {path}")
@@ -173,6 +207,152 @@ def _newlines_per_row(table: pa.Table) -> np.ndarray | None:
     return counts if counts.any() else None
 
 
+MAX_RECORD_LINES = 1_000  # a quoted field may hold newlines, but not span more lines than this
+MAX_RECORD_BYTES = 16 << 20
+
+
+class _PhysicalLines:
+    """The bytes pyarrow's CSV reader parses, with every physical line accounted for.
+
+    pyarrow skips blank lines without counting them, and an unterminated quote makes it read the
+    rest of the file as one quoted field. So, before pyarrow sees them, lines are scanned here
+    (numpy over each block; Python only for lines with an odd number of quotes): blank lines
+    outside quoted fields are taken out and counted, and a quote that opens a field spanning
+    lines is only accepted when it closes within MAX_RECORD_LINES lines and the record it makes
+    has the header's number of fields. Otherwise the line where it opened is taken out as a
+    malformed line (its own number, its own text) and scanning resumes on the next line. The
+    numbers of the lines taken out map pyarrow's line numbers back to physical ones (`physical`).
+    Other encodings than UTF-8 are transcoded here, so the scan always sees UTF-8 bytes.
+    """
+
+    def __init__(self, raw, *, path: Path, what: str, encoding: str, quoting: bool, delimiter: str, n_fields: int,
+                 block_bytes: int):
+        self.raw = raw
+        self.path, self.what, self.encoding = path, what, encoding
+        codec = codecs.lookup(encoding).name
+        self.decoder = None if codec == "utf-8" else codecs.getincrementaldecoder(encoding)()
+        self.quoting, self.delimiter, self.n_fields = quoting, delimiter, n_fields
+        self.block = max(1 << 16, block_bytes)
+        self.carry = b""
+        self.next_line = 1  # physical number of the carry's first line
+        self.removed: list[int] = []  # physical numbers of lines taken out (blank or broken), ascending
+        self.broken: list[tuple[int, str]] = []  # (line, text) of broken lines not handed out yet
+        self.blank = 0  # blank lines not handed out yet
+        self.out = bytearray()
+        self.done = False
+        self.closed = False
+
+    # -- the file object pyarrow reads
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.done and (size < 0 or len(self.out) < size):
+            data = self.raw.read(self.block)
+            if self.decoder is not None:
+                try:
+                    data = self.decoder.decode(data, final=not data).encode("utf-8")
+                except UnicodeDecodeError:
+                    raise _encoding_error(self.path, self.what, self.encoding) from None
+            self._scan(self.carry + data, final=not data)
+            self.done = not data
+        n = len(self.out) if size < 0 else min(size, len(self.out))
+        chunk = bytes(self.out[:n])
+        del self.out[:n]
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+    # -- line accounting
+    def physical(self, lines: np.ndarray) -> np.ndarray:
+        """Physical line numbers of line numbers counted in the stream pyarrow read."""
+        if not self.removed:
+            return lines
+        removed = np.asarray(self.removed, dtype=np.int64)
+        keys = removed - np.arange(len(removed), dtype=np.int64)
+        return lines + np.searchsorted(keys, lines, side="right")
+
+    def take_blank_and_broken(self) -> tuple[int, list[tuple[int, str]]]:
+        blank, broken = self.blank, self.broken
+        self.blank, self.broken = 0, []
+        return blank, broken
+
+    def _record_ok(self, text: bytes) -> bool:
+        """A multi-line record is one only if it parses strictly (quotes open and close whole
+        fields) into the header's number of fields."""
+        try:
+            rows = list(csv.reader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""),
+                                   delimiter=self.delimiter, strict=True))
+        except csv.Error:
+            return False
+        return len(rows) == 1 and len(rows[0]) == self.n_fields
+
+    def _scan(self, buf: bytes, final: bool) -> None:
+        cut = len(buf) if final else buf.rfind(b"\n") + 1
+        region, self.carry = buf[:cut], buf[cut:]
+        if not region:
+            return
+        arr = np.frombuffer(region, dtype=np.uint8)
+        newlines = np.flatnonzero(arr == 10)
+        starts = np.concatenate([[0], newlines + 1]).astype(np.int64)
+        ends = np.concatenate([newlines, [len(region)]]).astype(np.int64)  # exclusive, without the "\n"
+        if starts[-1] == len(region):  # the region ends with a newline: no partial last line
+            starts, ends = starts[:-1], ends[:-1]
+        n = len(starts)
+        length = ends - starts
+        last = arr[np.maximum(ends - 1, 0)]
+        blank = (length == 0) | ((length == 1) & (last == 13))
+        inside = np.zeros(n, dtype=bool)  # lines that continue a quoted field opened on an earlier line
+        broken: list[int] = []
+        consumed = n
+        if self.quoting:
+            quotes = np.flatnonzero(arr == 34)
+            odd = (np.searchsorted(quotes, ends) - np.searchsorted(quotes, starts)) % 2 == 1
+            opens = np.flatnonzero(odd).tolist()
+            k = 0
+            while k < len(opens):
+                s = opens[k]
+                e = opens[k + 1] if k + 1 < len(opens) else None
+                if e is None:  # the quote does not close in this region
+                    if not final and n - s < MAX_RECORD_LINES and len(region) - starts[s] < MAX_RECORD_BYTES:
+                        consumed = s  # the record continues in the next block
+                        break
+                elif e - s < MAX_RECORD_LINES and self._record_ok(region[starts[s]:ends[e]]):
+                    inside[s + 1:e + 1] = True
+                    k += 2
+                    continue
+                broken.append(s)  # the quote never closes, or closes into a record that is not one
+                k += 1
+        blank &= ~inside
+        blank[consumed:] = False
+        out_lines = np.zeros(n, dtype=bool)
+        out_lines[np.flatnonzero(blank)] = True
+        out_lines[broken] = True
+        first = self.next_line
+        if out_lines.any():
+            taken = np.flatnonzero(out_lines)
+            self.removed += (taken + first).tolist()
+            self.blank += int(blank.sum())
+            self.broken += [(first + b, region[starts[b]:ends[b]].decode("utf-8", errors="replace").rstrip("\r")) for b in broken]
+            keep = np.flatnonzero(~out_lines[:consumed])
+            # kept lines, joined in runs of neighbours (with their newlines)
+            if len(keep):
+                breaks = np.flatnonzero(np.diff(keep) != 1)
+                run_first = np.concatenate([[keep[0]], keep[breaks + 1]])
+                run_last = np.concatenate([keep[breaks], [keep[-1]]])
+                for a, b in zip(run_first.tolist(), run_last.tolist()):
+                    stop = ends[b] + 1 if ends[b] < len(region) else ends[b]
+                    self.out += region[starts[a]:stop]
+                    if stop == ends[b] and self.out[-1:] != b"\n":
+                        self.out += b"\n"
+        else:
+            self.out += region[:starts[consumed]] if consumed < n else region
+        if consumed < n:
+            self.carry = region[starts[consumed]:] + self.carry
+        self.next_line = first + consumed
+
+
 def iter_csv(
     path: Path,
     *,
@@ -202,17 +382,18 @@ def iter_csv(
         malformed.append((row.number, row.text))
         return "skip"
 
-    codec = encoding.lower().replace("_", "-")
     read_options = pcsv.ReadOptions(
         block_size=block_bytes,
         use_threads=False,  # serial parsing: pyarrow then reports line numbers of malformed rows
         column_names=names,
         skip_rows=header_lines,
-        encoding="utf8" if codec in ("utf-8", "utf8") else encoding,
+        encoding="utf8",  # _PhysicalLines transcodes other encodings
     )
     parse_options = pcsv.ParseOptions(
         delimiter=delimiter,
         quote_char='"' if quoting else False,
+        # _PhysicalLines lets a quoted newline through only in a record that closes properly
+        newlines_in_values=quoting,
         invalid_row_handler=on_invalid,
     )
     convert_options = pcsv.ConvertOptions(
@@ -236,7 +417,17 @@ def iter_csv(
             previous_hook(info)
 
     sys.unraisablehook = unraisable
-    stream = open_binary(path)
+    raw = open_binary(path)
+    stream = _PhysicalLines(raw, path=path, what=what, encoding=encoding, quoting=quoting, delimiter=delimiter,
+                            n_fields=len(names), block_bytes=block_bytes)
+
+    def physical(lines: np.ndarray, bad: list[tuple[int, str | None]]) -> tuple[np.ndarray, list[tuple[int, str | None]]]:
+        lines = stream.physical(np.asarray(lines, dtype=np.int64))
+        if bad:
+            moved = stream.physical(np.array([n for n, _ in bad], dtype=np.int64)).tolist()
+            bad = [(int(m), t) for m, (_, t) in zip(moved, bad)]
+        return lines, bad
+
     try:
         reader = pcsv.open_csv(stream, read_options=read_options, parse_options=parse_options, convert_options=convert_options)
         counter = _LineCounter(header_lines)
@@ -260,18 +451,22 @@ def iter_csv(
             here = [m for m in pending if m[0] <= last]
             pending = [m for m in pending if m[0] > last]
             lines, here = counter.batch(records, _newlines_per_row(table) if quoting else None, here)
+            lines, here = physical(lines, here)
             if table.num_columns != len(wanted):
                 table = table.select(wanted)
             empty = table.slice(0, 0)
-            yield Chunk(table, lines, here + unnumbered)
+            blank, broken = stream.take_blank_and_broken()
+            yield Chunk(table, lines, here + broken + unnumbered, blank)
         pending += [(n, t) for n, t in malformed[taken:] if n is not None]  # e.g. a file of malformed rows only
         unnumbered = [(-1, t) for n, t in malformed[taken:] if n is None]
-        if pending or unnumbered:
+        blank, broken = stream.take_blank_and_broken()
+        if pending or unnumbered or blank or broken:
             lines, rest = counter.batch(np.zeros(0, np.int64), None, sorted(pending))
-            rest += unnumbered
+            _, rest = physical(lines, rest)
+            rest += broken + unnumbered
             if empty is None:
                 empty = pa.table({c: pa.array([], pa.string()) for c in wanted})
-            yield Chunk(empty, lines, rest)
+            yield Chunk(empty, np.zeros(0, np.int64), rest, blank)
     except pa.ArrowInvalid as exc:
         text = str(exc)
         if undecodable or "UTF8" in text or "utf8" in text.lower() and "invalid" in text.lower():
@@ -281,7 +476,7 @@ def iter_csv(
         raise _encoding_error(path, what, encoding) from None
     finally:
         sys.unraisablehook = previous_hook
-        stream.close()
+        raw.close()
     if undecodable:
         raise _encoding_error(path, what, encoding)
 
@@ -302,14 +497,17 @@ def iter_jsonl(
     cols: dict[str, list[str | None]] = {c: [] for c in columns}
     lines: list[int] = []
     malformed: list[tuple[int, str]] = []
+    blank = 0
 
     def flush() -> Chunk:
+        nonlocal blank
         table = pa.table({c: pa.array(v, type=pa.string()) for c, v in cols.items()})
-        chunk = Chunk(table, np.asarray(lines, dtype=np.int64), list(malformed))
+        chunk = Chunk(table, np.asarray(lines, dtype=np.int64), list(malformed), blank)
         for v in cols.values():
             v.clear()
         lines.clear()
         malformed.clear()
+        blank = 0
         return chunk
 
     with open_binary(path) as fh:
@@ -320,6 +518,7 @@ def iter_jsonl(
                 raise _encoding_error(path, what, encoding) from None
             text = text.strip()
             if not text:
+                blank += 1
                 continue
             try:
                 obj = json.loads(text)
@@ -333,7 +532,11 @@ def iter_jsonl(
                 lines.append(number)
             if len(lines) + len(malformed) >= chunk_rows:
                 yield flush()
-    if lines or malformed:
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise _encoding_error(path, what, encoding) from None
+    if lines or malformed or blank:
         yield flush()
 
 

@@ -70,6 +70,56 @@ class Previous:
     watermark: int
 
 
+def parse_tags_before(value: str) -> int | str:
+    """data.tags_before → "cut" | "all" | "none" | unix seconds (ConfigError otherwise)."""
+    text = str(value).strip()
+    if text in ("cut", "all", "none"):
+        return text
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"config key 'data.tags_before' must be cut, all, none, unix seconds or an ISO date; got {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return int(parsed.timestamp())
+
+
+def _tags_limit(setting: str, cfg: Config, ts: np.ndarray, previous: Previous | None) -> dict[str, Any]:
+    """The time before which time-stamped user text (tags) may enter item texts.
+
+    "cut" is the temporal split's cut on this log (dyembed.split, as `evaluate --protocol temporal`
+    draws it), so no tag written in the test period describes an item. With --append the first
+    run's limit is kept: item texts (and their vectors) do not move every night."""
+    from dyembed.split import temporal_cut
+
+    value = parse_tags_before(setting)
+    recorded = (previous.manifest.get("tags_before") or {}) if previous is not None else {}
+    if value == "cut" and recorded.get("setting") == "cut":
+        before = recorded.get("before_ts")
+    elif value == "cut":
+        before = temporal_cut(ts, cfg.evaluate.test_fraction, cfg.evaluate.test_start)
+    elif value == "all":
+        before = None
+    elif value == "none":
+        before = -(2**62)
+    else:
+        before = int(value)
+    return {"setting": str(setting), "before_ts": before, "before": _iso(before) if before is not None and before > -(2**61) else None}
+
+
+def _workdir_hashed(workdir: Path, append: bool) -> bool:
+    """--append to a work dir with hashed user ids (its salt is checked later; until then, nothing
+    from the input may be printed)."""
+    if not append:
+        return False
+    try:
+        return bool(read_json(workdir / "manifest.json").get("user_ids", {}).get("hashed"))
+    except (InputDataError, AttributeError):
+        return False
+
+
 def _check_config(data: DataConfig) -> None:
     for key in ("min_user_events", "min_item_events", "chunk_rows"):
         if getattr(data, key) < 1:
@@ -86,6 +136,7 @@ def _check_config(data: DataConfig) -> None:
         raise ConfigError(f"config key 'data.encoding' = {data.encoding!r} is not a known encoding") from None
     check_language(data.language)
     make_time_parser(data.time_format)
+    parse_tags_before(data.tags_before)
     if math.isnan(data.max_future_days):
         raise ConfigError("config key 'data.max_future_days' must be a number of days (negative switches the check off); got nan")
 
@@ -296,7 +347,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
     if allow_late not in ALLOW_LATE:
         raise ConfigError(f"--allow-late must be one of {', '.join(ALLOW_LATE)}; got {allow_late!r}")
     language = check_language(data.language)
-    plan: Plan = make_plan(data)
+    plan: Plan = make_plan(data, hide_found=salt is not None or _workdir_hashed(workdir, append))
     if data.min_rating is not None and not plan.has_rating:
         raise ConfigError(f"config key 'data.min_rating' needs a rating column; format {plan.format} has none (set data.rating_col)")
     previous = _load_previous(workdir) if append else None
@@ -334,6 +385,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
     source_names = [str(s.path) for s in plan.events]
     reasons: Counter[str] = Counter()
     rows_in = 0
+    blank_lines = 0  # not rows: counted so that every physical line of the inputs is accounted for
     collector = _Collector(has_weight, data.min_rating is not None)
 
     # every output goes to a temp name; all are replaced together (all or none, even across a kill)
@@ -358,6 +410,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
                 n = chunk.table.num_rows + len(chunk.malformed)
                 rows_in += n
                 rows_src += n
+                blank_lines += chunk.blank
                 table, malformed = chunk.table, chunk.malformed
                 if pseudonymiser is not None:
                     # ids are hashed before validation, so every artefact sees only pseudonyms; a
@@ -433,6 +486,10 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
                           "user_id": pa.array([user_map.values[c] for c in user_code_of_idx.tolist()], pa.string())}, schema=USERS_SCHEMA)
         item_code_of_idx = np.empty(n_items, dtype=np.int64)
         item_code_of_idx[item_dense[item_dense >= 0]] = np.flatnonzero(item_dense >= 0)
+        tags_limit = None
+        if items_data is not None and items_data.dated:
+            tags_limit = _tags_limit(data.tags_before, cfg, events.column("ts").to_numpy(), previous)
+            tags_limit.update(items_data.apply_dated(tags_limit["before_ts"]))
         items, item_stats = _item_texts(n_items, item_code_of_idx, item_map, items_data, previous, plan.template, language)
 
         order_of = lambda kv: REASONS.index(kv[0])  # noqa: E731
@@ -464,6 +521,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
             "started_at": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "inputs": inputs,
             "rows_in": rows_in,
+            "blank_lines": blank_lines,
             "events_out": run_out,
             "rejected": run_rejected,
             "new_users": n_users - n_prev_users,
@@ -477,6 +535,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
         }
         counts = {
             "rows_in": total_in,
+            "blank_lines": blank_lines + int(prev_counts.get("blank_lines", 0)),
             "events_out": events.num_rows,
             "rejected": total_rejected,
             "rejected_total": sum(total_rejected.values()),
@@ -503,6 +562,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
             "tie_order": "events sorted by ts with a stable sort: equal timestamps keep input order "
                          "(sources in the order listed, rows in file order; appended runs after earlier ones)",
             "inputs": inputs,
+            "tags_before": tags_limit or (previous.manifest.get("tags_before") if previous else None),
             "counts": counts,
             "time_range": {"min_ts": min_ts, "max_ts": max_ts, "min": _iso(min_ts), "max": _iso(max_ts)},
             "watermark": max_ts,
@@ -519,6 +579,7 @@ def _preprocess(workdir: str | Path, cfg: Config, *, append: bool, allow_late: s
         "format": plan.format,
         "mode": run["mode"],
         "rows_in": rows_in,
+        "blank_lines": blank_lines,
         "events_out": run_out,
         "rejected": run_rejected,
         "rejected_total": sum(run_rejected.values()),

@@ -154,15 +154,34 @@ def make_time_parser(time_format: str) -> Callable[[pa.Array], tuple[np.ndarray,
 
 
 def _parse_iso(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """ISO 8601 → unix seconds. Times outside pandas' range (about 1677–2262) are invalid
+    (bad_timestamp) rather than an error: a year 1500 or 3000 in an event log is a broken value."""
     import pandas as pd
 
-    parsed = pd.to_datetime(pd.Series(s.to_pylist(), dtype=object), errors="coerce", utc=True, format="ISO8601")
+    values = pd.Series(s.to_pylist(), dtype=object)
+    # the year of "YYYY-…" values: outside 1678–2261 cannot be represented, so it is not parsed at all
+    found = pc.extract_regex(s, r"^\s*(?P<year>[+-]?\d{4,18})")
+    year = pc.fill_null(pc.cast(pc.struct_field(found, [0]), pa.int64()), 2000).to_numpy(zero_copy_only=False)
+    in_range = (year >= 1678) & (year <= 2261)
+    part = values.where(in_range, None)
+    try:
+        parsed = pd.to_datetime(part, errors="coerce", utc=True, format="ISO8601")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError, ValueError):
+        # an edge of the range (1677-09-21, 2262-04-11, or a zone offset across it): value by value
+        parsed = pd.Series([_one_iso(pd, v) for v in part], index=part.index, dtype="datetime64[ns, UTC]")
     ok = parsed.notna().to_numpy()
     secs = np.zeros(len(s), dtype=np.int64)
     if ok.any():
         epoch = pd.Timestamp(0, tz="UTC")
         secs[ok] = ((parsed[ok] - epoch) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
     return secs, ok
+
+
+def _one_iso(pd, value):
+    try:
+        return pd.to_datetime(value, utc=True, format="ISO8601")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError, ValueError, TypeError):
+        return pd.NaT
 
 
 @dataclass

@@ -216,6 +216,8 @@ class StateWriter:
 
     def __enter__(self) -> "StateWriter":
         for stale in self.workdir.glob("state.tmp-*"):
+            if stale.is_symlink():  # never dyembed's: removed, never followed
+                stale.unlink()
             shutil.rmtree(stale, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         return self

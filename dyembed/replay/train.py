@@ -39,7 +39,7 @@ import numpy as np
 
 from dyembed import lineage
 from dyembed.config import Config, check_values, to_toml
-from dyembed.errors import ConfigError, DivergedError, InputDataError
+from dyembed.errors import ConfigError, DivergedError, InputDataError, StateError
 from dyembed.lock import WorkdirLock
 from dyembed.masking import decide as decide_masking
 from dyembed.replay.io import Events, check_events, events_rows, iter_events, load_features, n_users_of, read_events
@@ -156,13 +156,19 @@ def train(workdir: str | Path, cfg: Config, *, resume: bool = False, update_glob
     if not workdir.is_dir():
         raise InputDataError(f"work directory not found: {workdir}")
     _check_train_config(cfg)
-    device = configure_runtime(cfg.runtime)
+    if update_global and not resume:
+        raise ConfigError("--update-global only applies with --resume")
+    # the lock and the checks that need no TensorFlow first: a second writer, a missing, damaged
+    # or foreign state learn it at once, not after TensorFlow's start-up
     with WorkdirLock(workdir, command="train --resume" if resume else "train", wait=cfg.runtime.lock_wait):
+        if resume:
+            _check_resumable(workdir)
+        else:
+            require_inputs(workdir)
+        device = configure_runtime(cfg.runtime)
         if resume:
             summary, _ = _resume(workdir, cfg, update_global=update_global, progress=progress)
         else:
-            if update_global:
-                raise ConfigError("--update-global only applies with --resume")
             summary = _fit(workdir, cfg, progress=progress)
     summary["device"] = device
     return summary
@@ -181,11 +187,34 @@ def resume_with_window_ranks(workdir: str | Path, cfg: Config, *,
     if not workdir.is_dir():
         raise InputDataError(f"work directory not found: {workdir}")
     _check_train_config(cfg)
-    device = configure_runtime(cfg.runtime)
     with WorkdirLock(workdir, command="train --resume", wait=cfg.runtime.lock_wait):
+        _check_resumable(workdir)
+        device = configure_runtime(cfg.runtime)
         summary, window = _resume(workdir, cfg, update_global=False, progress=progress, with_ranks=True)
     summary["device"] = device
     return summary, window[0], window[1]
+
+
+def _check_resumable(workdir: Path) -> None:
+    """Before TensorFlow starts: the state's files are whole and it belongs to the work dir's files
+    (StateError, exit 4, naming what is wrong)."""
+    from dyembed.state_versions import read_state_manifest, verify_dir
+
+    directory = state_dir(workdir)
+    check = verify_dir(directory)
+    if not check["ok"]:
+        raise StateError(f"{check['problem']}; see `dyembed state verify {workdir}` (and `dyembed state rollback`)")
+    record = read_state_manifest(directory).get("lineage")
+    # as _resume checks it again: re-encoded texts of known items are taken in, not refused
+    lineage.require(workdir, directory, record, lineage.scan(workdir, **lineage.marks(record or {})), allow_reencoded=True)
+
+
+def require_inputs(workdir: Path) -> None:
+    """Before TensorFlow starts: what `train` reads is there (InputDataError, exit 3)."""
+    from dyembed.artefacts import require_file
+
+    require_file(workdir / "item_embeddings.parquet", "item embeddings (run `dyembed encode` first)")
+    require_file(workdir / "events.parquet", "events (run `dyembed preprocess` first)")
 
 
 def _make_engine(model, spec: RuleSpec, state: UserState | None, cfg: Config, n_users: int | None = None):
@@ -268,6 +297,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None, save: bool = 
     theta0 = init_theta(features, mcfg, seed=tcfg.seed, train_items=train_items_cat)
     del train_items_cat
     model = Model(features, theta0, mcfg)
+    theta_start = model.to_theta() if tcfg.refit and n_val else None  # the refit starts where training did
     feature_dim = int(features.shape[1])
     del features, theta0  # the model holds its own copies (X on the device: 1.5 GB at 1M items × D 384)
     engine = _make_engine(model, spec, None, cfg, n_users=n_users)
@@ -351,11 +381,31 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None, save: bool = 
                 "history": history, "best_val": None if best["theta"] is None else float(best["val"]),
                 "train_seconds": round(train_seconds, 3),
                 "seconds": round(time.perf_counter() - started, 3)}
+    refit = None
+    if theta_start is not None and best["theta"] is not None:
+        # the chosen epoch count, now on train + validation rows, from the same start and with a
+        # fresh θ optimiser; no validation is left to stop on, so the count is the one chosen above
+        t0 = time.perf_counter()
+        model.assign(theta_start)
+        engine = _make_engine(model, spec, None, cfg, n_users=n_users)
+        refit_losses = []
+        for epoch in range(1, best["epoch"] + 1):
+            reset()
+            loss_value, _ = replay_pass("refit", epoch, (TRAIN, VALIDATION), train_mode=True, ranks=False)
+            if not np.isfinite(loss_value):
+                scalars.close()
+                raise DivergedError(f"the refit on train + validation rows diverged in epoch {epoch}: nothing was "
+                                    "saved, the previous state is kept; lower train.lr or turn train.refit off")
+            refit_losses.append(round(loss_value, 5))
+        best["theta"] = model.to_theta()
+        train_seconds += time.perf_counter() - t0
+        refit = {"epochs": best["epoch"], "events": n_train + n_val, "losses": refit_losses}
+
     # the users after every train + validation row, replayed with the kept θ (the split boundary).
     # The last validation replay already is that when the best epoch is the last one.
     if best["theta"] is not None:
         model.assign(best["theta"])
-    if best["theta"] is None or best["epoch"] != len(history):
+    if best["theta"] is None or best["epoch"] != len(history) or refit is not None:
         reset()
         replay_pass("final", len(history), (TRAIN, VALIDATION), train_mode=False, ranks=False)
     scalars.close()
@@ -384,6 +434,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None, save: bool = 
         "history": history,
         "val_metric": f"ndcg@{tcfg.val_k}" if n_val else None,
         "best_val": None if best["theta"] is None else round(float(best["val"]), 5),
+        "refit": refit,  # θ retrained on train + validation rows (train.refit); best_val is the pre-refit score
         "alpha": [float(a) for a in np.atleast_1d(model.alpha())],
         "temperature": model.temperature,
         "train_seconds": round(train_seconds, 3),
