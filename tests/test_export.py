@@ -72,6 +72,24 @@ def _serve(model_dir: Path, requests: list[dict], tmp: Path) -> dict:
     return json.loads(res.read_text(encoding="utf-8"))
 
 
+def _seen_flag(exclude: bool) -> list[str]:
+    """recommend's flag for exclude_seen either way (explicit, whatever the command's default)."""
+    import typer
+
+    option = next(p for p in typer.main.get_command(app).commands["recommend"].params if p.name == "exclude_seen")
+    if exclude:
+        return [option.opts[0]]
+    return [option.secondary_opts[0]] if option.secondary_opts else []
+
+
+def _allow_unknown() -> list[str]:
+    """recommend's opt-in for unknown ids (cold-start lists), when it has one."""
+    import typer
+
+    params = typer.main.get_command(app).commands["recommend"].params
+    return [p.opts[0] for p in params if p.name == "allow_unknown"]
+
+
 def _recommend_all(work: Path, tmp: Path, *extra: str) -> dict[str, list[tuple[str, float]]]:
     """`dyembed recommend` for every user (the CLI, --out parquet) → user_id → [(item_id, score)]."""
     path = tmp / f"rec{len(list(tmp.glob('rec*.parquet')))}.parquet"
@@ -116,15 +134,16 @@ def test_saved_model_without_dyembed_equals_dyembed_recommend(world, tmp_path):
     served = _serve(out / "saved_model/1", requests, tmp_path / "client")
     assert {"recommend", "update_and_recommend", "embed_items"} <= set(served["signatures"])
     for flag, result in zip((False, True), served["results"]):
-        want = _recommend_all(work, tmp_path, *(["--exclude-seen"] if flag else []))
+        want = _recommend_all(work, tmp_path, *_seen_flag(flag))
         assert result["known_user"] == [True] * (len(users) - 1) + [False]
         for row, uid in enumerate(users[:-1]):
             _assert_lists_equal(result["item_ids"][row], result["scores"][row], want[uid], f"{uid} seen={flag}")
         # an unknown user gets the cold-start list: recommend's for an unknown id
+        cold_file = tmp_path / f"cold-{flag}.parquet"
         cold = runner.invoke(app, ["recommend", str(work), "--user", "no-such-user", "--k", str(K), "--out",
-                                   str(tmp_path / "cold.parquet"), *(["--exclude-seen"] if flag else [])])
+                                   str(cold_file), *_seen_flag(flag), *_allow_unknown()])
         assert cold.exit_code == 0, cold.output
-        rows = pq.read_table(tmp_path / "cold.parquet").to_pylist()
+        rows = pq.read_table(cold_file).to_pylist()
         _assert_lists_equal(result["item_ids"][-1], result["scores"][-1], [(r["item_id"], r["score"]) for r in rows],
                             "unknown user")
         assert result["cold_start"][-1] is True
@@ -176,7 +195,7 @@ def test_update_and_recommend_equals_dyembed_update_then_recommend(world, tmp_pa
     _, _, state, _ = load_state(updated)
     index = {u: i for i, u in enumerate(_user_ids(updated))}
     for flag, result in zip((False, True), results):
-        want = _recommend_all(updated, tmp_path, *(["--exclude-seen"] if flag else []))
+        want = _recommend_all(updated, tmp_path, *_seen_flag(flag))
         assert sorted(result["user_ids"]) == sorted(set(users))
         assert sum(result["events_applied"]) == len(users) and sum(result["unknown_item_events"]) == 0
         assert sum(result["late_events"]) == 0
@@ -209,7 +228,7 @@ def test_update_from_states_continues_from_returned_states(world, tmp_path):
     assert sorted(second["user_ids"]) == sorted(set(users))  # the given states' users are answered too
     _, _, state, _ = load_state(updated)
     _assert_states_equal(second, state, {u: i for i, u in enumerate(_user_ids(updated))})
-    want = _recommend_all(updated, tmp_path)
+    want = _recommend_all(updated, tmp_path, *_seen_flag(False))
     for lane, uid in enumerate(second["user_ids"]):
         _assert_lists_equal(second["item_ids"][lane], second["scores"][lane], want[uid], uid)
 
@@ -228,7 +247,7 @@ def test_update_and_recommend_equals_update_for_other_rules(model, tmp_path):
     updated, _, (result,) = _update_then_serve(work, raw, out, tmp_path, flags=(True,))
     _, _, state, _ = load_state(updated)
     _assert_states_equal(result, state, {u: i for i, u in enumerate(_user_ids(updated))})
-    want = _recommend_all(updated, tmp_path, "--exclude-seen")
+    want = _recommend_all(updated, tmp_path, *_seen_flag(True))
     for lane, uid in enumerate(result["user_ids"]):
         _assert_lists_equal(result["item_ids"][lane], result["scores"][lane], want[uid], uid)
 
