@@ -497,3 +497,25 @@ def test_without_faiss_the_index_is_skipped_with_a_note(world, tmp_path, monkeyp
     assert "note: faiss is not installed (pip install 'dyembed[faiss]')" in res.stderr
     assert not (out / "ann/items.faiss").exists() and (out / "ann/items.parquet").is_file()
     assert json.loads((out / "export.json").read_text())["ann"]["faiss"] is None
+
+
+def test_a_locked_work_dir_exits_4_naming_the_holder(world, tmp_path):
+    import textwrap
+
+    work = world[0]
+    code = textwrap.dedent(f"""
+        import time
+        from dyembed.lock import WorkdirLock
+        with WorkdirLock({str(work)!r}, command="update"):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = runner.invoke(app, ["export", str(work), "--out", str(tmp_path / "export")])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.exit_code == 4 and res.stderr.startswith("error: ") and "update" in res.stderr, res.stderr
+    assert not (tmp_path / "export").exists()
