@@ -121,10 +121,11 @@ def test_saved_model_without_dyembed_equals_dyembed_recommend(world, tmp_path):
         for row, uid in enumerate(users[:-1]):
             _assert_lists_equal(result["item_ids"][row], result["scores"][row], want[uid], f"{uid} seen={flag}")
         # an unknown user gets the cold-start list: recommend's for an unknown id
+        cold_file = tmp_path / f"cold-{flag}.parquet"
         cold = runner.invoke(app, ["recommend", str(work), "--user", "no-such-user", "--allow-unknown", "--k", str(K), "--out",
-                                   str(tmp_path / "cold.parquet"), "--mask-seen", "on" if flag else "off"])
+                                   str(cold_file), "--mask-seen", "on" if flag else "off"])
         assert cold.exit_code == 0, cold.output
-        rows = pq.read_table(tmp_path / "cold.parquet").to_pylist()
+        rows = pq.read_table(cold_file).to_pylist()
         _assert_lists_equal(result["item_ids"][-1], result["scores"][-1], [(r["item_id"], r["score"]) for r in rows],
                             "unknown user")
         assert result["cold_start"][-1] is True
@@ -209,7 +210,7 @@ def test_update_from_states_continues_from_returned_states(world, tmp_path):
     assert sorted(second["user_ids"]) == sorted(set(users))  # the given states' users are answered too
     _, _, state, _ = load_state(updated)
     _assert_states_equal(second, state, {u: i for i, u in enumerate(_user_ids(updated))})
-    want = _recommend_all(updated, tmp_path)
+    want = _recommend_all(updated, tmp_path, "--mask-seen", "off")
     for lane, uid in enumerate(second["user_ids"]):
         _assert_lists_equal(second["item_ids"][lane], second["scores"][lane], want[uid], uid)
 
@@ -478,3 +479,25 @@ def test_without_faiss_the_index_is_skipped_with_a_note(world, tmp_path, monkeyp
     assert "note: faiss is not installed (pip install 'dyembed[faiss]')" in res.stderr
     assert not (out / "ann/items.faiss").exists() and (out / "ann/items.parquet").is_file()
     assert json.loads((out / "export.json").read_text())["ann"]["faiss"] is None
+
+
+def test_a_locked_work_dir_exits_4_naming_the_holder(world, tmp_path):
+    import textwrap
+
+    work = world[0]
+    code = textwrap.dedent(f"""
+        import time
+        from dyembed.lock import WorkdirLock
+        with WorkdirLock({str(work)!r}, command="update"):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = runner.invoke(app, ["export", str(work), "--out", str(tmp_path / "export")])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.exit_code == 4 and res.stderr.startswith("error: ") and "update" in res.stderr, res.stderr
+    assert not (tmp_path / "export").exists()

@@ -82,7 +82,7 @@ def export(workdir: str | Path, out: str | Path, *, force: bool = False, faiss: 
 
     ConfigError (2): bad --out, a work dir with hashed user ids without `hashed_ids`; InputDataError (3):
     no work dir; StateError (4): no trained state, a corrupt or foreign one."""
-    from dyembed.lock import settle_interrupted_writes
+    from dyembed.lock import WorkdirLock, settle_interrupted_writes
     from dyembed.preprocess.pseudonym import check_workdir_salt
 
     started = time.perf_counter()
@@ -97,7 +97,10 @@ def export(workdir: str | Path, out: str | Path, *, force: bool = False, faiss: 
 
     from dyembed.export.tables import load_tables
 
-    tables = load_tables(workdir)
+    # under the work dir's lock: a concurrent `update` could otherwise swap the state or append
+    # to the log between the reads (the export would mix two versions); locked → exit 4 at once
+    with WorkdirLock(workdir, command="export"):
+        tables = load_tables(workdir)
     durations = {"load": round(time.perf_counter() - started, 3)}
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(out)
