@@ -101,7 +101,7 @@ class Trained:
         if self._engine is None:
             from dyembed.replay.engine import Engine
             from dyembed.replay.model import Model
-            from dyembed.replay.runtime import configure_runtime
+            from dyembed.replay.runtime import block_budget_mb, configure_runtime, current_device
 
             configure_runtime(self.config.runtime)  # TensorFlow starts here, not in load_trained
 
@@ -109,7 +109,8 @@ class Trained:
             model = Model(self._features("engine()"), self.theta, self.config.model, frozen=True)
             rt = self.config.runtime
             self._engine = Engine(model, self.spec, self.state, lr=0.0, num_negatives=self.config.model.num_negatives,
-                                  mixed_precision=rt.mixed_precision, jit=rt.jit, max_block_mb=rt.max_block_mb)
+                                  mixed_precision=rt.mixed_precision, jit=rt.jit,
+                                  max_block_mb=block_budget_mb(rt.max_block_mb, current_device()))
         return self._engine
 
 

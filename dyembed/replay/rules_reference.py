@@ -265,14 +265,23 @@ class ReferenceAdam:
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
-    def step(self, theta: Theta, grads: dict[str, np.ndarray]) -> Theta:
+    def step(self, theta: Theta, grads: dict[str, np.ndarray], rows: dict[str, np.ndarray] | None = None) -> Theta:
+        """One Adam step; `rows={name: item ids}` makes that parameter's step lazy: only those rows
+        (and their moments) move, bias correction by the global step count."""
         self.t += 1
+        rows = rows or {}
         new = {}
         for name, g in grads.items():
-            m = self.beta1 * self.m.get(name, 0.0) + (1 - self.beta1) * g
-            v = self.beta2 * self.v.get(name, 0.0) + (1 - self.beta2) * g * g
+            value = np.asarray(getattr(theta, name), np.float64)
+            m = np.array(np.broadcast_to(self.m.get(name, 0.0), np.shape(g)), np.float64)
+            v = np.array(np.broadcast_to(self.v.get(name, 0.0), np.shape(g)), np.float64)
+            sel = rows.get(name, Ellipsis)
+            m[sel] = self.beta1 * m[sel] + (1 - self.beta1) * g[sel]
+            v[sel] = self.beta2 * v[sel] + (1 - self.beta2) * g[sel] * g[sel]
             self.m[name], self.v[name] = m, v
-            m_hat = m / (1 - self.beta1 ** self.t)
-            v_hat = v / (1 - self.beta2 ** self.t)
-            new[name] = np.asarray(getattr(theta, name), np.float64) - self.lrs[name] * m_hat / (np.sqrt(v_hat) + self.eps)
+            m_hat = m[sel] / (1 - self.beta1 ** self.t)
+            v_hat = v[sel] / (1 - self.beta2 ** self.t)
+            value = value.copy()
+            value[sel] = value[sel] - self.lrs[name] * m_hat / (np.sqrt(v_hat) + self.eps)
+            new[name] = value
         return theta.replace(**new)

@@ -187,13 +187,14 @@ def require_inputs(workdir: Path) -> None:
 
 def _make_engine(model, spec: RuleSpec, state: UserState | None, cfg: Config, n_users: int | None = None):
     from dyembed.replay.engine import Engine
+    from dyembed.replay.runtime import block_budget_mb, current_device
 
     rt = cfg.runtime
     t = cfg.train
     return Engine(model, spec, state, n_users=n_users, lr=t.lr, scalar_lr=t.scalar_lr, meta=t.meta,
                   weight_decay=t.weight_decay, loss_normalizer=t.loss_normalizer,
                   num_negatives=cfg.model.num_negatives, mixed_precision=rt.mixed_precision, jit=rt.jit,
-                  max_block_mb=rt.max_block_mb)
+                  max_block_mb=block_budget_mb(rt.max_block_mb, current_device()))
 
 
 EVAL_LANES = 1024  # frozen replay: lanes only change speed, never the numbers
