@@ -17,23 +17,12 @@ import numpy as np
 
 from dyembed.config import Config
 from replay_world import features, write_workdir
+from test_train import tiny_config
 
 
 def component_config(**sets) -> Config:
-    cfg = Config()
-    cfg.model.dim = 16
-    cfg.train.batch_size = 16
-    cfg.train.truncation = 10
-    cfg.train.epochs = 8
-    cfg.train.lr = 0.05
-    cfg.train.scalar_lr = 0.05
-    cfg.train.patience = 0
-    cfg.evaluate.protocol = "temporal"
-    cfg.evaluate.test_fraction = 0.2
-    for key, value in sets.items():
-        section, name = key.split("__")
-        setattr(getattr(cfg, section), name, value)
-    return cfg
+    """test_train's tiny training config, a little wider and longer: the components learn scalars too."""
+    return tiny_config(model__dim=16, train__epochs=8, train__scalar_lr=0.05, **sets)
 
 
 def interleave(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
