@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dyembed_cli.common import JsonFileOpt, JsonOpt, check_output, emit_json, guarded, note, out
+from dyembed_cli.common import DeviceOpt, JsonFileOpt, JsonOpt, check_output, emit_json, guarded, note, out
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         hashed_ids: Annotated[bool, typer.Option("--hashed-ids", help="Export a work dir preprocessed with --hash-user-ids (requests must carry the pseudonyms).")] = False,
         json_out: JsonOpt = False,
         json_file: JsonFileOpt = None,
+        device: DeviceOpt = None,
     ) -> None:
         """Write a TensorFlow SavedModel (recommend, update_and_recommend, update_from_states, embed_items) + ANN tables.
 
@@ -30,6 +31,10 @@ def register(app: typer.Typer) -> None:
         from dyembed.export.run import export
 
         check_output(json_file, "--json-file")
+        if device is not None:
+            from dyembed.replay.runtime import apply_device
+
+            apply_device(device)  # where the export's check replay runs; the SavedModel itself places anywhere
         summary = export(workdir, out_dir, force=force, faiss=faiss, hashed_ids=hashed_ids)
         if emit_json(summary, json_out, json_file):
             return

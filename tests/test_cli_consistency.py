@@ -13,7 +13,7 @@ from dyembed_cli.app import app
 from evaluate_world import loo_workdir  # noqa: F401 - module fixture
 
 runner = CliRunner()
-TF_COMMANDS = ("encode", "train", "tune", "evaluate", "update", "demo")
+TF_COMMANDS = ("encode", "train", "tune", "evaluate", "update", "demo", "export")
 JSON_COMMANDS = ("preprocess", "encode", "train", "tune", "evaluate", "recommend", "update", "export", "state list", "state verify")
 
 
