@@ -180,6 +180,10 @@ class ModelConfig:
     # (W starts at 0, W and γc learned): short-term, sequential patterns
     context: bool = False
     context_decay: float = 0.5
+    # items without θ-training rows: "text" scores them like items added after training (text
+    # vector x P, residual 0, median trained bias); "trained" keeps the bias training gave a
+    # never-positive item (the lowest: such items are never recommended)
+    cold_items: str = _choice("trained", ["trained", "text"])
 
 
 @dataclass

@@ -66,6 +66,7 @@ SPACE: tuple[Param, ...] = (
     Param("model.dynamics", choices=tuple(DYNAMICS)),
     Param("model.history", choices=(5, 20)),
     Param("train.weight_decay", choices=(0.0, 1e-5, 1e-4, 1e-3)),
+    Param("model.cold_items", choices=("trained", "text")),
 )
 
 

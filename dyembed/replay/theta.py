@@ -71,7 +71,7 @@ class ParamSpec:
     enabled: Callable[[ModelConfig], bool] = lambda cfg: True
     trainable: Callable[[ModelConfig], bool] = lambda cfg: True
     per_item: bool = False
-    # value of a new item's row (extend_items): "zero", "median" or "min" of the existing rows
+    # value of a new item's row (extend_items, as_new_items): "zero", "median" or "min" of the existing rows
     new_item: str = "zero"
 
 
@@ -219,6 +219,30 @@ class Theta:
             value = getattr(self, p.name)
             if not p.per_item or value is None:
                 continue
-            fill = {"zero": 0.0, "median": float(np.median(value)), "min": float(np.min(value))}[p.new_item]
-            grown[p.name] = np.concatenate([value, np.full((extra,) + value.shape[1:], fill, value.dtype)])
+            grown[p.name] = np.concatenate([value, np.full((extra,) + value.shape[1:], _new_item_fill(p, value), value.dtype)])
         return self.replace(**grown)
+
+    def as_new_items(self, untrained: np.ndarray) -> "Theta":
+        """θ with the rows of items θ never trained on (mask `untrained`) reset to the new-item values,
+        computed from the trained rows: such an item is scored by its text alone (residual 0) with
+        the median trained bias, like an item added after training, instead of the bias that
+        training pushed down for a never-positive item (model.cold_items = "text")."""
+        untrained = np.asarray(untrained, bool)
+        if untrained.shape != (self.n_items,):
+            raise ValueError(f"untrained mask has shape {untrained.shape}, expected ({self.n_items},)")
+        if not untrained.any() or untrained.all():
+            return self
+        reset = {}
+        for p in PARAMS:
+            value = getattr(self, p.name)
+            if not p.per_item or value is None or p.name == "logq":  # the sampler is fixed, not learned
+                continue
+            value = value.copy()
+            value[untrained] = _new_item_fill(p, value[~untrained])
+            reset[p.name] = value
+        return self.replace(**reset)
+
+
+def _new_item_fill(p: ParamSpec, rows: np.ndarray) -> float:
+    """The value a new item's row of per-item parameter p takes, from the existing `rows`."""
+    return {"zero": 0.0, "median": float(np.median(rows)), "min": float(np.min(rows))}[p.new_item]

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from dyembed import lineage
-from dyembed.config import Config, check_values, to_toml
+from dyembed.config import Config, ModelConfig, check_values, to_toml
 from dyembed.errors import ConfigError, DivergedError, InputDataError, StateError
 from dyembed.lock import WorkdirLock
 from dyembed.masking import decide as decide_masking
@@ -254,6 +254,9 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None, save: bool = 
         is_train.append(part_roles == TRAIN)
     stream_users, stream_items, is_train_cat = np.concatenate(stream_u), np.concatenate(stream_i), np.concatenate(is_train)
     train_items_cat = stream_items[is_train_cat]
+    # items θ never trains on (no train row; none in train + validation for the refit), for model.cold_items
+    untrained = np.bincount(train_items_cat, minlength=n_items)[:n_items] == 0
+    untrained_refit = np.bincount(stream_items, minlength=n_items)[:n_items] == 0
     seen = None
     # validation ranks are masked as evaluate will mask the test ranks: one rule (dyembed.masking),
     # decided on the rows that are history for the validation events; seen = the user's items
@@ -327,11 +330,17 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None, save: bool = 
                                   "alpha": float(np.mean(model.alpha())), "tau": model.temperature}
         if n_val:
             reset()
+            trained = model.to_theta()
+            scored = scoring_theta(trained, mcfg, untrained)
+            if scored is not trained:
+                model.assign(scored)  # validation scores what serving will hold; training goes on from `trained`
             _, val_ranks = replay_pass("validate", epoch, (TRAIN, VALIDATION), train_mode=False, ranks=True)
+            if scored is not trained:
+                model.assign(trained)
             val = ndcg_at(val_ranks, tcfg.val_k)
             record[f"val_ndcg@{tcfg.val_k}"] = round(val, 5)
             if val > best["val"]:
-                best.update(val=val, epoch=epoch, theta=model.to_theta())
+                best.update(val=val, epoch=epoch, theta=scored)
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -370,15 +379,17 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None, save: bool = 
                 raise DivergedError(f"the refit on train + validation rows diverged in epoch {epoch}: nothing was "
                                     "saved, the previous state is kept; lower train.lr or turn train.refit off")
             refit_losses.append(round(loss_value, 5))
-        best["theta"] = model.to_theta()
+        best["theta"] = scoring_theta(model.to_theta(), mcfg, untrained_refit)
         train_seconds += time.perf_counter() - t0
         refit = {"epochs": best["epoch"], "events": n_train + n_val, "losses": refit_losses}
 
     # the users after every train + validation row, replayed with the kept θ (the split boundary).
     # The last validation replay already is that when the best epoch is the last one.
-    if best["theta"] is not None:
-        model.assign(best["theta"])
-    if best["theta"] is None or best["epoch"] != len(history) or refit is not None:
+    validated = best["theta"] is not None
+    if not validated:  # no validation rows: the last epoch's θ
+        best["theta"] = scoring_theta(model.to_theta(), mcfg, untrained)
+    model.assign(best["theta"])
+    if not validated or best["epoch"] != len(history) or refit is not None:
         reset()
         replay_pass("final", len(history), (TRAIN, VALIDATION), train_mode=False, ranks=False)
     scalars.close()
@@ -406,7 +417,7 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None, save: bool = 
         "stopped": stopped,
         "history": history,
         "val_metric": f"ndcg@{tcfg.val_k}" if n_val else None,
-        "best_val": None if best["theta"] is None else round(float(best["val"]), 5),
+        "best_val": round(float(best["val"]), 5) if validated else None,
         "refit": refit,  # θ retrained on train + validation rows (train.refit); best_val is the pre-refit score
         "alpha": [float(a) for a in np.atleast_1d(model.alpha())],
         "temperature": model.temperature,
@@ -435,6 +446,12 @@ def _fit(workdir: Path, cfg: Config, *, progress: Progress | None, save: bool = 
     summary["state_dir"] = str(workdir / "state")
     summary["watermark"] = watermark
     return summary
+
+
+def scoring_theta(theta: Theta, mcfg: ModelConfig, untrained: np.ndarray) -> Theta:
+    """The θ that scores and serves: with model.cold_items = "text", the items θ never trained on
+    (`untrained`) take the new-item values (Theta.as_new_items), else θ as trained."""
+    return theta.as_new_items(untrained) if mcfg.cold_items == "text" else theta
 
 
 def _extend_theta(theta: Theta, features: np.ndarray) -> Theta:
